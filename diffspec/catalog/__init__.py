@@ -1,0 +1,1 @@
+"""The catalog: Parquet parts, DuckDB views, the output lock."""

@@ -1,0 +1,197 @@
+"""The catalog store: append-only Parquet parts written atomically, read with pyarrow.
+
+Writers never rewrite a part in place; `compact` writes the merged part first and deletes the
+small ones after, and readers deduplicate by fingerprint, so every moment of a crash leaves a
+readable catalog with each image once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from diffspec.atomic import atomic_write, remove_leftovers
+from diffspec.catalog.schema import IMAGES, REMOVED, RUNS
+from diffspec.errors import CatalogError
+
+CATALOG_DIR = "catalog"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class CatalogIndex:
+    """What `plan` needs from the catalog: the live images, by fingerprint."""
+
+    fingerprints: list[str]
+    class_names: list[str]
+    paths: list[str]
+    state: str  # changes whenever a part is added or removed
+
+    def __len__(self) -> int:
+        return len(self.fingerprints)
+
+
+class Catalog:
+    def __init__(self, output: Path) -> None:
+        self.output = Path(output)
+        self.root = self.output / CATALOG_DIR
+        self._seq = itertools.count()
+
+    # ---- layout -------------------------------------------------------------------------
+    def table_dir(self, table: str) -> Path:
+        return self.root / table
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / "stages" / stage
+
+    def parts(self, table: str) -> list[Path]:
+        folder = self.table_dir(table) if table in ("images", "runs", "removed") else self.stage_dir(table)
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
+
+    def stages(self) -> list[str]:
+        folder = self.root / "stages"
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def state(self) -> str:
+        """A token of the catalog's content: part names and sizes (parts are immutable)."""
+        digest = hashlib.sha256()
+        for table in ("images", "removed", *(f"stages/{s}" for s in self.stages())):
+            for part in self.parts(table.removeprefix("stages/")):
+                digest.update(f"{table}/{part.name}:{part.stat().st_size}\n".encode())
+        return digest.hexdigest()
+
+    # ---- write --------------------------------------------------------------------------
+    def _write_part(self, folder: Path, table: pa.Table, run_id: str, tag: str | None = None) -> Path:
+        name = f"part-{run_id}-{tag or next(self._seq):06}-{os.getpid()}.parquet" if tag is None else f"part-{run_id}-{tag}.parquet"
+        path = folder / name
+        atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
+        return path
+
+    def append_images(self, rows: Sequence[dict[str, Any]], run_id: str) -> Path | None:
+        """Record durable images. Call only after their files are fsynced."""
+        if not rows:
+            return None
+        table = pa.Table.from_pylist(list(rows), schema=IMAGES)
+        return self._write_part(self.table_dir("images"), table, run_id)
+
+    def append_run(self, row: dict[str, Any]) -> None:
+        table = pa.Table.from_pylist([row], schema=RUNS)
+        self._write_part(self.table_dir("runs"), table, row["run_id"], tag=f"{row['phase']}-{next(self._seq):04}")
+
+    def append_stage(self, stage: str, table: pa.Table, run_id: str) -> Path | None:
+        if table.num_rows == 0:
+            return None
+        return self._write_part(self.stage_dir(stage), table, run_id)
+
+    def tombstone(self, rows: Sequence[tuple[str, str]], run_id: str) -> None:
+        """Mark (fingerprint, path) rows removed. The files are deleted by the caller after this."""
+        if not rows:
+            return
+        now = utcnow()
+        table = pa.Table.from_pylist(
+            [{"fingerprint": fp, "path": path, "run_id": run_id, "removed_at": now} for fp, path in rows], schema=REMOVED
+        )
+        self._write_part(self.table_dir("removed"), table, run_id)
+
+    def compact(self, table: str, run_id: str) -> None:
+        """Merge one run's small parts of `table` into one. Safe to interrupt at any point."""
+        prefix = f"part-{run_id}-"
+        small = [p for p in self.parts(table) if p.name.startswith(prefix) and not p.name.endswith("-all.parquet")]
+        if len(small) < 2:
+            return
+        merged = pa.concat_tables([pq.read_table(p) for p in small])
+        folder = small[0].parent
+        self._write_part(folder, merged, run_id, tag=f"{secrets.token_hex(2)}-all")
+        for part in small:
+            part.unlink(missing_ok=True)
+
+    def clean_leftovers(self) -> int:
+        return remove_leftovers(self.root)
+
+    # ---- read ---------------------------------------------------------------------------
+    def read_table(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        parts = self.parts(table)
+        schema = {"images": IMAGES, "runs": RUNS, "removed": REMOVED}.get(table)
+        if not parts:
+            if schema is None:
+                return pa.table({})
+            return schema.empty_table().select(columns) if columns else schema.empty_table()
+        try:
+            tables = [pq.read_table(p, columns=columns) for p in parts]
+            return pa.concat_tables(tables, promote_options="default")
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise CatalogError(f"cannot read catalog table {table!r} under {self.root}: {exc}") from exc
+
+    def removed_fingerprints(self) -> set[str]:
+        return set(self.read_table("removed", ["fingerprint"]).column("fingerprint").to_pylist())
+
+    def index(self) -> CatalogIndex:
+        """Live images (first row per fingerprint, tombstones dropped)."""
+        state = self.state()
+        table = self.read_table("images", ["fingerprint", "class_name", "path"])
+        fps = table.column("fingerprint").to_pylist()
+        classes = table.column("class_name").to_pylist()
+        paths = table.column("path").to_pylist()
+        removed = self.removed_fingerprints()
+        if removed or len(set(fps)) != len(fps):
+            seen: set[str] = set(removed)
+            keep = []
+            for i, fp in enumerate(fps):
+                if fp not in seen:
+                    seen.add(fp)
+                    keep.append(i)
+            fps = [fps[i] for i in keep]
+            classes = [classes[i] for i in keep]
+            paths = [paths[i] for i in keep]
+        return CatalogIndex(fps, classes, paths, state)
+
+    def live_images(self, columns: list[str] | None = None) -> pa.Table:
+        """The images table, deduplicated and without tombstoned rows."""
+        table = self.read_table("images", columns)
+        if table.num_rows == 0:
+            return table
+        fps = table.column("fingerprint").to_pylist() if "fingerprint" in table.column_names else None
+        if fps is None:
+            return table
+        removed = self.removed_fingerprints()
+        seen: set[str] = set(removed)
+        keep = []
+        for i, fp in enumerate(fps):
+            if fp not in seen:
+                seen.add(fp)
+                keep.append(i)
+        return table if len(keep) == table.num_rows else table.take(pa.array(keep, type=pa.int64()))
+
+    def runs(self) -> list[dict[str, Any]]:
+        return self.read_table("runs").to_pylist()
+
+
+def image_row_keys() -> list[str]:
+    return IMAGES.names
+
+
+def rows_for(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: r.get(k) for k in IMAGES.names} for r in records]

@@ -1,0 +1,272 @@
+"""The `diffspec` command: parse, call the library (diffspec.project), render. Nothing else.
+
+Errors the user can fix are `DiffspecError`s: printed without a traceback, exit 1
+(`--debug` shows the traceback). `plan --detailed-exitcode`: 0 no changes, 2 changes, 1 error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from diffspec.errors import DiffspecError, SpecError
+
+app = typer.Typer(
+    name="diffspec",
+    help="Declarative, reproducible synthetic image datasets from diffusion models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Wide enough for the plan table when output goes to a file or a CI log.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+_state = {"debug": False}
+
+
+class PlanFormat(str, Enum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+
+
+class QueryFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+def _fail(exc: BaseException) -> None:
+    if _state["debug"]:
+        raise exc
+    if isinstance(exc, SpecError):
+        err.print(f"[bold red]error:[/] {exc.problems[0] if len(exc.problems) == 1 else ''}".rstrip(), highlight=False)
+        if len(exc.problems) > 1:
+            for problem in exc.problems:
+                err.print(f"  {problem}", highlight=False, markup=False)
+    else:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _run(fn: Any) -> Any:
+    try:
+        return fn()
+    except DiffspecError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="Apply a named profile of the spec.")]
+
+
+@app.command()
+def validate(
+    specs: Annotated[list[Path], typer.Argument(help="Spec files or folders of them.")],
+    profile: ProfileOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Check specs; report every error of every file with file:line:column."""
+    from diffspec.project import validate as validate_specs
+
+    results = _run(lambda: validate_specs(list(specs), profile=profile))
+    if as_json:
+        payload = [
+            {"spec": str(r.path), "ok": r.ok,
+             "errors": [{"file": p.position.file if p.position else None, "line": p.position.line if p.position else None,
+                         "column": p.position.column if p.position else None, "message": p.message}
+                        for p in (r.error.problems if r.error else [])]}
+            for r in results
+        ]
+        out.print_json(json.dumps(payload))
+    else:
+        for r in results:
+            if r.ok:
+                out.print(f"[green]ok[/] {r.path}", highlight=False)
+            else:
+                for problem in r.error.problems:  # type: ignore[union-attr]
+                    err.print(str(problem), highlight=False, markup=False)
+    if not all(r.ok for r in results):
+        bad = sum(not r.ok for r in results)
+        errors = sum(len(r.error.problems) for r in results if r.error)
+        err.print(f"[red]{errors} error{'s' if errors != 1 else ''} in {bad} of {len(results)} spec{'s' if len(results) != 1 else ''}[/]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def plan(
+    spec: Annotated[Path, typer.Argument(help="Spec file.")],
+    profile: ProfileOpt = None,
+    fmt: Annotated[PlanFormat, typer.Option("--format", "-f", help="text, json or markdown.")] = PlanFormat.text,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Save the plan for `apply PLAN.json`.")] = None,
+    detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode", help="Exit 0: no changes, 2: changes, 1: error.")] = False,
+) -> None:
+    """Show what apply would create, keep and remove, with time and memory estimates. Needs no GPU."""
+    from diffspec.plan.render import render_json, render_markdown, render_table
+    from diffspec.project import Project
+
+    the_plan = _run(lambda: Project(spec, profile=profile).plan())
+    if out_file is not None:
+        from diffspec.plan.planfile import save_plan
+
+        _run(lambda: save_plan(the_plan, out_file))
+    if as_json or fmt is PlanFormat.json:
+        sys.stdout.write(render_json(the_plan) + "\n")
+    elif fmt is PlanFormat.markdown:
+        sys.stdout.write(render_markdown(the_plan))
+    else:
+        render_table(the_plan, out)
+        if out_file is not None:
+            out.print(f"Saved to {out_file}; run it with `diffspec apply {out_file}`.", highlight=False)
+    if detailed_exitcode and the_plan.has_changes:
+        raise typer.Exit(2)
+
+
+@app.command()
+def apply(
+    target: Annotated[Path, typer.Argument(help="Spec file, or a plan file saved by `plan --out`.")],
+    profile: ProfileOpt = None,
+    prune: Annotated[bool, typer.Option("--prune", help="Also delete images the plan removes.")] = False,
+    executor: Annotated[str, typer.Option("--executor", help="local or ray.")] = "local",
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes (CPU); default from the budget.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+) -> None:
+    """Make what the plan says: batched, within the memory budget, resumable."""
+    from diffspec.plan.planfile import is_plan_file, load_plan
+    from diffspec.project import Project
+    from diffspec.run.render import render_summary
+
+    def go() -> Any:
+        if is_plan_file(target):
+            the_plan = load_plan(target)
+            project = Project(the_plan.spec_path, profile=the_plan.profile)
+        else:
+            project = Project(target, profile=profile)
+            the_plan = project.plan()
+        return project.apply(the_plan, prune=prune, executor=executor, workers=workers, progress=not quiet and not as_json, console=err)
+
+    result = _run(go)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+    else:
+        render_summary(result, out)
+    if result.failed or result.interrupted:
+        raise typer.Exit(1 if result.failed else 130)
+
+
+@app.command()
+def status(
+    spec: Annotated[Path, typer.Argument(help="Spec file.")],
+    profile: ProfileOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Per class: target, done, remaining, rejected by filters, quality."""
+    from diffspec.project import Project
+    from diffspec.run.status import render_status
+
+    rows = _run(lambda: Project(spec, profile=profile).status())
+    if as_json:
+        sys.stdout.write(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
+    else:
+        render_status(rows, out)
+
+
+@app.command()
+def gc(
+    spec: Annotated[Path, typer.Argument(help="Spec file.")],
+    profile: ProfileOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
+) -> None:
+    """Delete images the spec no longer asks for (what `plan` lists under remove)."""
+    from diffspec.project import Project
+
+    result = _run(lambda: Project(spec, profile=profile).gc(dry_run=dry_run))
+    verb = "would delete" if dry_run else "deleted"
+    out.print(f"{verb} {result.count} image{'s' if result.count != 1 else ''}" + (f" ({result.bytes / 1e6:.1f} MB)" if result.bytes else ""))
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="One read-only SQL statement over images, runs, removed and stage tables.")],
+    spec: Annotated[Optional[Path], typer.Option("--spec", "-s", help="Spec whose catalog to query.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output root whose catalog to query.")] = None,
+    profile: ProfileOpt = None,
+    fmt: Annotated[QueryFormat, typer.Option("--format", "-f")] = QueryFormat.table,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the result to a file (csv, json, parquet).")] = None,
+) -> None:
+    """Query the catalog with SQL (DuckDB, read-only)."""
+    from diffspec.project import Project, query_output
+
+    def go() -> Any:
+        if spec is not None:
+            return Project(spec, profile=profile).query(sql)
+        if output is not None:
+            return query_output(output, sql)
+        raise DiffspecError("say which catalog: --spec SPEC or --output OUTPUT_ROOT")
+
+    table = _run(go)
+    from diffspec.catalog.render import write_table
+
+    _run(lambda: write_table(table, fmt.value, out_file, out))
+
+
+@app.command()
+def report(
+    spec: Annotated[Path, typer.Argument(help="Spec file.")],
+    profile: ProfileOpt = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="HTML file (default <output>/report.html).")] = None,
+) -> None:
+    """Write an HTML quality report: a grid of images per class, counts and scores."""
+    from diffspec.project import Project
+
+    path = _run(lambda: Project(spec, profile=profile).report(out_file))
+    out.print(f"report: {path}", highlight=False)
+
+
+@app.command("export")
+def export_cmd(
+    spec: Annotated[Path, typer.Argument(help="Spec file.")],
+    dest: Annotated[Path, typer.Argument(help="Destination folder (or file for csv).")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="imagefolder, yolo, hf or csv.")] = "imagefolder",
+    profile: ProfileOpt = None,
+    link: Annotated[bool, typer.Option("--link/--copy", help="Hard-link images instead of copying when possible.")] = True,
+) -> None:
+    """Export the catalog's images in a format training code reads."""
+    from diffspec.project import Project
+
+    path = _run(lambda: Project(spec, profile=profile).export(fmt, dest, link=link))
+    out.print(f"exported to {path}", highlight=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the spec language."""
+    from diffspec.spec.schema import spec_json_schema_text
+
+    sys.stdout.write(spec_json_schema_text())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Compile a loaded spec into content-addressed work units (a pure function of the LoadedSpec).
+
+Per class: the prompt templates and vars (and sweeps) expand into *variants*; each unit
+index is assigned a variant by rendezvous hashing of its identity, gets a seed derived from
+(base seed, seed stream, index), and a fingerprint of its canonical text. Units are stored
+columnar (`ClassUnits`) because a spec may expand to millions of them; `WorkUnit` objects are
+made on demand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from diffspec.errors import PlanError
+from diffspec.plan.models import resolve_family, scheduler_entry
+from diffspec.plan.seeds import derive_seeds, rendezvous
+from diffspec.plan.unit import (
+    EmbeddingRef,
+    LoraRef,
+    ModelRef,
+    PipelineKey,
+    WorkUnit,
+    normalize_prompt,
+)
+from diffspec.spec.loader import PLACEHOLDER, LoadedSpec, ResolvedClass
+
+MAX_VARIANTS = 200_000
+
+
+@dataclass(frozen=True)
+class Variant:
+    prompt: str
+    negative: str
+    key: PipelineKey
+    sweep: tuple[tuple[str, Any], ...]
+
+    @property
+    def identity(self) -> str:
+        """What rendezvous hashing sees: the variant's content, not its position in a list."""
+        return json.dumps([self.prompt, self.negative, self.key.canonical_group()], ensure_ascii=False)
+
+
+@dataclass(frozen=True, eq=False)
+class ClassUnits:
+    """The units of one class, columnar."""
+
+    name: str
+    label: str
+    variants: tuple[Variant, ...]
+    inputs: tuple[Any, ...]  # InputFile
+    indices: np.ndarray  # int64
+    seeds: np.ndarray  # int64
+    variant_of: np.ndarray  # int64 index into variants
+    input_of: np.ndarray | None  # int64 index into inputs
+    fingerprints: list[str]
+
+    def __len__(self) -> int:
+        return len(self.fingerprints)
+
+    def unit(self, i: int, classes: tuple[str, ...] = ()) -> WorkUnit:
+        variant = self.variants[int(self.variant_of[i])]
+        inp = self.inputs[int(self.input_of[i])] if self.input_of is not None else None
+        return WorkUnit(
+            fingerprint=self.fingerprints[i],
+            key=variant.key,
+            class_name=self.name,
+            index=int(self.indices[i]),
+            seed=int(self.seeds[i]),
+            prompt=variant.prompt,
+            negative=variant.negative,
+            input_image=inp.path if inp else None,
+            input_hash=inp.sha256 if inp else None,
+            mask_image=inp.mask_path if inp else None,
+            mask_hash=inp.mask_sha256 if inp else None,
+            variant=int(self.variant_of[i]),
+            classes=classes or (self.name,),
+        )
+
+    def units(self) -> Iterator[WorkUnit]:
+        for i in range(len(self)):
+            yield self.unit(i)
+
+
+def model_ref(loaded: LoadedSpec, name: str) -> ModelRef:
+
+    model = loaded.spec.models[name]
+    source = model.source
+    if not source.startswith("builtin:") and (loaded.root / source).is_dir():
+        source = str((loaded.root / source).resolve())  # a local folder: absolute, so runs from anywhere agree
+    return ModelRef(
+        name=name,
+        source=source,
+        family=resolve_family(source, model.family),
+        revision=model.revision,
+        variant=model.variant,
+        dtype=model.dtype,
+        use_safetensors=model.use_safetensors,
+        trust_remote_code=model.trust_remote_code,
+        controlnet=model.controlnet,
+        loras=tuple(LoraRef(l.source, l.weight_name, l.scale, l.revision) for l in model.loras),
+        embeddings=tuple(EmbeddingRef(e.source, e.token, e.weight_name) for e in model.embeddings),
+        params_b=model.params_b,
+    )
+
+
+def _pipeline_key(loaded: LoadedSpec, cls: ResolvedClass, params: dict[str, Any], models: dict[str, ModelRef]) -> PipelineKey:
+    name = params["model"]
+    if name not in models:
+        models[name] = model_ref(loaded, name)
+    model = models[name]
+    width, height = params["size"]
+    scheduler = params["scheduler"]
+    kwargs = dict(params.get("scheduler_kwargs") or {})
+    # The table entry (diffusers class + kwargs) our scheduler name stands for is part of the identity,
+    # so changing the table re-plans the units it affects.
+    return PipelineKey(
+        model=model,
+        mode=params["mode"],
+        scheduler=scheduler,
+        scheduler_kwargs=tuple(sorted(kwargs.items())),
+        width=int(width),
+        height=int(height),
+        steps=int(params["steps"]),
+        guidance=float(params["guidance"]),
+        strength=float(params["strength"]) if params["mode"] in ("img2img", "inpaint") else None,
+        conditioning_scale=float(params["conditioning_scale"]) if params["mode"] == "controlnet" else None,
+        control=cls.control if params["mode"] == "controlnet" else None,
+        scheduler_entry=scheduler_entry(scheduler),
+    )
+
+
+def _render(template: str, values: dict[str, str]) -> str:
+    text = PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    return normalize_prompt(text.replace("{{", "{").replace("}}", "}"))
+
+
+def expand_variants(loaded: LoadedSpec, cls: ResolvedClass, models: dict[str, ModelRef]) -> tuple[Variant, ...]:
+    builtins = {"class": cls.name, "label": cls.label, "dataset": loaded.spec.dataset}
+    prompts: list[str] = []
+    for template in cls.templates:
+        used = [v for v in dict.fromkeys(m.group(1) for m in PLACEHOLDER.finditer(template)) if v not in builtins]
+        if cls.expand == "zip" and used:
+            length = min(len(cls.variables[v]) for v in used)
+            combos = [tuple(cls.variables[v][i] for v in used) for i in range(length)]
+        else:
+            combos = itertools.product(*(cls.variables[v] for v in used))
+        for combo in combos:
+            prompts.append(_render(template, {**builtins, **dict(zip(used, combo))}))
+            if len(prompts) > MAX_VARIANTS:
+                raise PlanError(f"class {cls.name!r} expands to more than {MAX_VARIANTS} prompt variants; use `expand: zip` or fewer vars")
+    sweep_keys = sorted(cls.sweep)
+    sweeps = list(itertools.product(*(cls.sweep[k] for k in sweep_keys))) or [()]
+    if len(prompts) * len(sweeps) > MAX_VARIANTS:
+        raise PlanError(f"class {cls.name!r} expands to {len(prompts) * len(sweeps)} variants (limit {MAX_VARIANTS})")
+    variants: dict[str, Variant] = {}
+    keys: dict[str, PipelineKey] = {}
+    for combo in sweeps:
+        overrides = dict(zip(sweep_keys, combo))
+        params = {**cls.params, **{k: (tuple(v) if k == "size" else v) for k, v in overrides.items()}}
+        sweep_id = json.dumps(overrides, sort_keys=True)
+        if sweep_id not in keys:
+            keys[sweep_id] = _pipeline_key(loaded, cls, params, models)
+        negative = normalize_prompt(str(params.get("negative") or ""))
+        for prompt in prompts:
+            variant = Variant(prompt, negative, keys[sweep_id], tuple(sorted(overrides.items())))
+            variants.setdefault(variant.identity, variant)  # two templates rendering one text are one variant
+    return tuple(variants.values())
+
+
+def _json_str(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def compile_class(loaded: LoadedSpec, cls: ResolvedClass, models: dict[str, ModelRef]) -> ClassUnits:
+    variants = expand_variants(loaded, cls, models)
+    n = cls.target
+    indices = np.arange(n, dtype=np.int64)
+    if cls.seeds is not None:
+        seeds = np.asarray(cls.seeds[:n], dtype=np.int64)
+    else:
+        seeds = derive_seeds(int(cls.params["seed"]), cls.seed_key, indices)
+    variant_of = rendezvous(cls.seed_key, indices, [v.identity for v in variants])
+    input_of = rendezvous(cls.seed_key, indices, [i.sha256 + (i.mask_sha256 or "") for i in cls.inputs], salt="input") if cls.inputs else None
+
+    # Hash fast: one sha256 state per (variant, input) prefix, copied per unit; the unit part is
+    # built from JSON fragments made once per variant. Must equal WorkUnit.canonical() exactly.
+    prefix_states: dict[tuple[int, int], Any] = {}
+    fragments: dict[tuple[int, int], tuple[str, str]] = {}
+    for v_idx, variant in enumerate(variants):
+        for i_idx in range(len(cls.inputs) or 1):
+            inp = cls.inputs[i_idx] if cls.inputs else None
+            head = "[" + _json_str(variant.prompt) + "," + _json_str(variant.negative) + ","
+            tail = "," + (_json_str(inp.sha256) if inp else "null") + "," + (
+                _json_str(inp.mask_sha256) if inp and inp.mask_sha256 else "null") + "]"
+            state = hashlib.sha256(variant.key.group_prefix().encode("utf-8"))
+            prefix_states[(v_idx, i_idx)] = state
+            fragments[(v_idx, i_idx)] = (head, tail)
+    fingerprints: list[str] = []
+    append = fingerprints.append
+    seeds_list = seeds.tolist()
+    variant_list = variant_of.tolist()
+    input_list = input_of.tolist() if input_of is not None else [0] * n
+    for seed, v_idx, i_idx in zip(seeds_list, variant_list, input_list):
+        pair = (v_idx, i_idx)
+        head, tail = fragments[pair]
+        state = prefix_states[pair].copy()
+        state.update(f"{head}{seed}{tail}".encode("utf-8"))
+        append(state.hexdigest())
+    return ClassUnits(cls.name, cls.label, variants, cls.inputs, indices, seeds, variant_of, input_of, fingerprints)
+
+
+def compile_spec(loaded: LoadedSpec) -> dict[str, ClassUnits]:
+    """Every class's units, classes in name order (the order dedup ownership follows)."""
+    models: dict[str, ModelRef] = {}
+    return {name: compile_class(loaded, loaded.classes[name], models) for name in sorted(loaded.classes)}

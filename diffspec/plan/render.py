@@ -1,0 +1,131 @@
+"""Render a plan as a rich table, JSON (stable key order) or Markdown (for CI step summaries)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from diffspec.plan.diff import ClassPlan, Plan
+
+
+def format_duration(seconds: float) -> str:
+    if seconds <= 0:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.0f}s" if seconds >= 1 else f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s"
+
+
+def _class_dict(c: ClassPlan) -> dict[str, Any]:
+    return {
+        "class": c.name,
+        "label": c.label,
+        "model": c.model,
+        "family": c.family,
+        "mode": c.mode,
+        "size": list(c.size),
+        "steps": c.steps,
+        "target": c.target,
+        "existing": c.existing,
+        "fill_to": c.fill_to,
+        "variants": c.variants,
+        "create": c.create,
+        "keep": c.keep,
+        "remove": c.remove,
+        "shared": c.shared,
+        "estimated_seconds": round(c.est_seconds, 1),
+        "estimate_source": c.estimate_source,
+        "memory": {
+            "device": c.memory.device,
+            "budget_gb": round(c.memory.budget_gb, 2),
+            "weights_gb": round(c.memory.weights_gb, 3),
+            "strategy": c.memory.strategy,
+            "batch_size": c.memory.batch_size,
+            "fits": c.memory.fits,
+            "parameters_from": c.memory.source,
+        },
+    }
+
+
+def plan_to_dict(plan: Plan, with_timestamp: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "dataset": plan.dataset,
+        "spec": plan.spec_path,
+        "profile": plan.profile,
+        "changes": plan.has_changes,
+        "totals": {
+            "create": plan.total_create,
+            "keep": plan.total_keep,
+            "remove": plan.total_remove,
+            "estimated_seconds": round(plan.total_seconds, 1),
+        },
+        "classes": [_class_dict(c) for c in plan.classes],
+    }
+    if with_timestamp:
+        out["created_at"] = plan.created_at
+    return out
+
+
+def render_json(plan: Plan) -> str:
+    return json.dumps(plan_to_dict(plan), indent=2, ensure_ascii=False)
+
+
+def _rows(plan: Plan) -> list[list[str]]:
+    rows = []
+    for c in plan.classes:
+        rows.append([
+            c.name,
+            c.model,
+            f"{c.size[0]}x{c.size[1]}" if c.size[0] else "-",
+            str(c.steps) if c.steps else "-",
+            str(c.target) + (f" (fill to {c.fill_to}, {c.existing} exist)" if c.fill_to is not None else ""),
+            f"+{c.create}" if c.create else "0",
+            str(c.keep),
+            f"-{c.remove}" if c.remove else "0",
+            format_duration(c.est_seconds),
+            c.memory.describe() if c.model != "-" else "-",
+        ])
+    return rows
+
+
+HEADERS = ["class", "model", "size", "steps", "target", "create", "keep", "remove", "est. time", "memory"]
+
+
+def summary_line(plan: Plan) -> str:
+    if not plan.has_changes:
+        return f"No changes: {plan.total_keep} images are up to date."
+    parts = [f"{plan.total_create} to create", f"{plan.total_keep} to keep", f"{plan.total_remove} to remove"]
+    line = "Plan: " + ", ".join(parts) + f"; estimated {format_duration(plan.total_seconds)}."
+    if plan.total_remove:
+        line += " Removal needs `apply --prune` or `gc`: nothing is deleted otherwise."
+    return line
+
+
+def render_markdown(plan: Plan) -> str:
+    title = f"### diffspec plan: {plan.dataset}" + (f" (profile `{plan.profile}`)" if plan.profile else "")
+    lines = [title, "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    for row in _rows(plan):
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    lines += ["", summary_line(plan), ""]
+    return "\n".join(lines)
+
+
+def render_table(plan: Plan, console: Any) -> None:
+    from rich.table import Table
+
+    title = f"diffspec plan: {plan.dataset}" + (f" (profile {plan.profile})" if plan.profile else "")
+    table = Table(title=title, title_justify="left")
+    for header in HEADERS:
+        table.add_column(header, justify="right" if header in ("steps", "create", "keep", "remove", "est. time") else "left")
+    for row, c in zip(_rows(plan), plan.classes):
+        style = "green" if c.create else ("red" if c.remove else None)
+        table.add_row(*row, style=style)
+    console.print(table)
+    console.print(summary_line(plan))
+    unfit = [c.name for c in plan.classes if not c.memory.fits and c.model != "-"]
+    if unfit:
+        console.print(f"[yellow]warning:[/] the memory budget is too small for: {', '.join(unfit)}")

@@ -1,0 +1,161 @@
+"""Work units: the content-addressed atoms of a plan.
+
+A unit's fingerprint is the sha256 of a canonical text of exactly what changes its pixels.
+The text has two parts so that a million units hash fast: a *group* part shared by every unit
+that runs in one pipeline call (model, scheduler, size, steps, ...), and a *unit* part (prompt,
+negative prompt, seed, input hashes). Canonical form, version 1::
+
+    diffspec-unit/v1\n<json of the group fields, sorted keys>\n<json list [prompt, negative, seed, input_hash, mask_hash]>
+
+Labels, descriptions, output paths, class names and key order are not in it: editing them
+re-runs no GPU work (they go into the separate metadata hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+CANONICAL_VERSION = "diffspec-unit/v1"
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_prompt(text: str) -> str:
+    """Whitespace is not meaning: 'a  cat\\n' and 'a cat' make the same unit."""
+    return _SPACES.sub(" ", text).strip()
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LoraRef:
+    source: str
+    weight_name: str | None = None
+    scale: float = 1.0
+    revision: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRef:
+    source: str
+    token: str | None = None
+    weight_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A model resolved from the spec: everything needed to load it."""
+
+    name: str
+    source: str
+    family: str  # resolved: sd | sdxl | sd3 | flux | kandinsky | builtin
+    revision: str | None = None
+    variant: str | None = None
+    dtype: str = "auto"  # auto: float16 on CUDA, float32 on CPU
+    use_safetensors: bool = True
+    trust_remote_code: bool = False
+    controlnet: str | None = None
+    loras: tuple[LoraRef, ...] = ()
+    embeddings: tuple[EmbeddingRef, ...] = ()
+    params_b: float | None = None
+
+    def pixel_fields(self) -> dict[str, Any]:
+        """The fields that change pixels (the model's *name* in the spec does not)."""
+        return {
+            "source": self.source,
+            "family": self.family,
+            "revision": self.revision,
+            "variant": self.variant,
+            "dtype": self.dtype,
+            "controlnet": self.controlnet,
+            "loras": [[l.source, l.weight_name, l.scale, l.revision] for l in self.loras],
+            "embeddings": [[e.source, e.token, e.weight_name] for e in self.embeddings],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineKey:
+    """Everything units must share to run in one pipeline call."""
+
+    model: ModelRef
+    mode: str  # txt2img | img2img | inpaint | controlnet
+    scheduler: str  # our scheduler name, see generate/schedulers.py
+    scheduler_kwargs: tuple[tuple[str, Any], ...]
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    strength: float | None = None
+    conditioning_scale: float | None = None
+    control: str | None = None  # canny | depth | image
+    # The diffusers class and kwargs our scheduler name stands for (generate/schedulers.py), so a
+    # change of that table re-plans exactly the units it affects.
+    scheduler_entry: str = ""
+
+    def load_key(self) -> tuple[ModelRef, str, str | None]:
+        """What forces a pipeline (re)load; the rest changes per call."""
+        return (self.model, self.mode, self.control)
+
+    def canonical_group(self) -> str:
+        fields = {
+            "model": self.model.pixel_fields(),
+            "mode": self.mode,
+            "scheduler": self.scheduler,
+            "scheduler_entry": self.scheduler_entry,
+            "scheduler_kwargs": dict(self.scheduler_kwargs),
+            "width": self.width,
+            "height": self.height,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "strength": self.strength if self.mode in ("img2img", "inpaint") else None,
+            "conditioning_scale": self.conditioning_scale if self.mode == "controlnet" else None,
+            "control": self.control if self.mode == "controlnet" else None,
+        }
+        return canonical_json(fields)
+
+    def group_prefix(self) -> str:
+        return f"{CANONICAL_VERSION}\n{self.canonical_group()}\n"
+
+
+def unit_suffix(prompt: str, negative: str, seed: int, input_hash: str | None, mask_hash: str | None) -> str:
+    return canonical_json([prompt, negative, seed, input_hash, mask_hash])
+
+
+def fingerprint_of(key: PipelineKey, prompt: str, negative: str, seed: int,
+                   input_hash: str | None = None, mask_hash: str | None = None) -> str:
+    text = key.group_prefix() + unit_suffix(prompt, negative, seed, input_hash, mask_hash)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkUnit:
+    """One image to make. Identity is `fingerprint`; the rest says how and for whom."""
+
+    fingerprint: str
+    key: PipelineKey
+    class_name: str  # the class that owns the file (first by name when deduplicated)
+    index: int  # position in its class's stream: stable when targets change
+    seed: int
+    prompt: str
+    negative: str
+    input_image: str | None = None  # absolute path
+    input_hash: str | None = None
+    mask_image: str | None = None
+    mask_hash: str | None = None
+    variant: int = 0  # which prompt/sweep variant of its class
+    classes: tuple[str, ...] = field(default=())  # every class that asked for it
+
+    def canonical(self) -> str:
+        return self.key.group_prefix() + unit_suffix(
+            self.prompt, self.negative, self.seed, self.input_hash, self.mask_hash
+        )
+
+    @property
+    def relpath(self) -> str:
+        """Where the image lives, relative to the output root."""
+        return f"images/{self.class_name}/{self.fingerprint}.png"

@@ -1,0 +1,125 @@
+"""The library facade: one object whose methods match the CLI verbs.
+
+    from diffspec import Project
+    project = Project("specs/quickstart.yaml")
+    plan = project.plan()
+    result = project.apply(plan)
+    table = project.query("SELECT class_name, count(*) FROM images GROUP BY 1")
+
+The CLI only parses arguments, calls these methods and renders what they return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from diffspec.catalog.store import Catalog
+from diffspec.errors import DiffspecError, PlanError, SpecError
+from diffspec.plan.diff import Plan, build_plan
+from diffspec.spec.loader import LoadedSpec, load_spec, spec_files
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    path: Path
+    error: SpecError | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def validate(targets: list[str | Path], profile: str | None = None) -> list[ValidationResult]:
+    """Validate spec files (or every YAML file in folders); never raises for bad specs."""
+    results = []
+    files = spec_files(targets)
+    if not files:
+        raise DiffspecError(f"no spec files found in {', '.join(map(str, targets))}")
+    for file in files:
+        try:
+            load_spec(file, profile=profile)
+            results.append(ValidationResult(file, None))
+        except SpecError as exc:
+            results.append(ValidationResult(file, exc))
+    return results
+
+
+class Project:
+    """A spec file and its output root."""
+
+    def __init__(self, spec: str | Path, profile: str | None = None) -> None:
+        self.spec_path = Path(spec)
+        self.profile = profile
+        self._loaded: LoadedSpec | None = None
+
+    @property
+    def loaded(self) -> LoadedSpec:
+        if self._loaded is None:
+            self._loaded = load_spec(self.spec_path, profile=self.profile)
+        return self._loaded
+
+    @property
+    def output(self) -> Path:
+        return self.loaded.output
+
+    @property
+    def catalog(self) -> Catalog:
+        return Catalog(self.output)
+
+    def validate(self) -> LoadedSpec:
+        return self.loaded
+
+    def plan(self) -> Plan:
+        return build_plan(self.loaded, self.catalog)
+
+    def apply(self, plan: Plan | None = None, **options: Any) -> Any:
+        """Run `plan` (default: a fresh plan of the spec). See `diffspec.run.apply.apply_plan`."""
+        from diffspec.run.apply import apply_plan
+
+        plan = plan or self.plan()
+        if Path(plan.spec_path).resolve() != self.spec_path.resolve():
+            raise PlanError(f"the plan is for {plan.spec_path}, not {self.spec_path}")
+        return apply_plan(plan, self.loaded, **options)
+
+    def status(self) -> Any:
+        from diffspec.run.status import class_status
+
+        return class_status(self.loaded, self.plan(), self.catalog)
+
+    def gc(self, dry_run: bool = False) -> Any:
+        from diffspec.run.prune import prune
+
+        return prune(self.plan(), self.catalog, dry_run=dry_run)
+
+    def query(self, sql: str) -> pa.Table:
+        from diffspec.catalog.query import run_query
+
+        return run_query(self.catalog, sql)
+
+    def report(self, out: str | Path | None = None) -> Path:
+        from diffspec.stages.report import write_report
+
+        return write_report(self.loaded, self.catalog, Path(out) if out else None)
+
+    def export(self, fmt: str, dest: str | Path, **options: Any) -> Path:
+        from diffspec.export import export
+
+        return export(self.loaded, self.catalog, fmt, Path(dest), **options)
+
+
+def plan_from_file(path: str | Path) -> Plan:
+    from diffspec.plan.planfile import load_plan
+
+    return load_plan(Path(path))
+
+
+def query_output(output: str | Path, sql: str) -> pa.Table:
+    """Query a catalog by its output root, without a spec."""
+    from diffspec.catalog.query import run_query
+
+    return run_query(Catalog(Path(output)), sql)

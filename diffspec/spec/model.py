@@ -1,0 +1,334 @@
+"""Pydantic models of what users write in a dataset spec.
+
+This module is the schema's single source of truth: the JSON Schema (`diffspec schema`),
+validation and the compiler all read it. It imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,127}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+Mode = Literal["txt2img", "img2img", "inpaint", "controlnet"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+Family = Literal["auto", "sd", "sdxl", "sd3", "flux", "kandinsky", "builtin"]
+Scalar = Union[str, int, float, bool, None]
+
+# Our scheduler names; the table from these to diffusers classes lives in generate/schedulers.py.
+# Kept here as data so `validate` can check names without importing diffusers.
+SCHEDULER_NAMES: tuple[str, ...] = (
+    "default",
+    "ddpm",
+    "ddim",
+    "pndm",
+    "lms",
+    "euler",
+    "euler_a",
+    "heun",
+    "dpmpp_2m",
+    "dpmpp_2m_karras",
+    "dpmpp_sde",
+    "unipc",
+    "flow_euler",
+)
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _check_name(value: str, what: str) -> str:
+    if not _NAME_RE.match(value) or value in {".", ".."}:
+        raise ValueError(
+            f"{what} {value!r} must be 1-128 characters of letters, digits, '_', '-', '.', ' ' "
+            "and may not start with a separator (it becomes a folder name)"
+        )
+    return value
+
+
+class LoraSpec(StrictModel):
+    """A LoRA adapter loaded with diffusers' `load_lora_weights`."""
+
+    source: str = Field(description="Hub id, local folder or .safetensors file of the adapter.")
+    weight_name: str | None = Field(None, description="File inside `source`, if it holds several.")
+    scale: float = Field(1.0, description="Adapter strength.")
+    revision: str | None = None
+
+
+class EmbeddingSpec(StrictModel):
+    """A textual-inversion embedding loaded with `load_textual_inversion`."""
+
+    source: str
+    token: str | None = None
+    weight_name: str | None = None
+
+
+class GenParams(StrictModel):
+    """Generation parameters. Every field is optional so that any level can override any subset:
+    spec defaults < model defaults < profile < class."""
+
+    model: str | None = Field(None, description="Name of an entry in `models`.")
+    mode: Mode | None = None
+    size: tuple[Annotated[int, Field(ge=8, le=8192)], Annotated[int, Field(ge=8, le=8192)]] | None = (
+        Field(None, description="[width, height] in pixels.")
+    )
+    steps: Annotated[int, Field(ge=1, le=1000)] | None = None
+    guidance: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
+    negative: str | None = Field(None, description="Negative prompt.")
+    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = Field(None, description="Base seed.")
+    strength: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        None, description="img2img / inpaint denoising strength."
+    )
+    scheduler: str | None = Field(None, description=f"One of {', '.join(SCHEDULER_NAMES)}.")
+    scheduler_kwargs: dict[str, Scalar] | None = None
+    conditioning_scale: Annotated[float, Field(ge=0.0, le=5.0)] | None = Field(
+        None, description="ControlNet conditioning scale."
+    )
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str | None) -> str | None:
+        if value is not None and value not in SCHEDULER_NAMES:
+            from diffspec.spec.suggest import did_you_mean
+
+            raise ValueError(f"unknown scheduler {value!r}{did_you_mean(value, SCHEDULER_NAMES)}")
+        return value
+
+
+class ModelSpec(StrictModel):
+    """A named model: where its weights are and how to load them."""
+
+    source: str = Field(
+        description="Hub id (org/name), a local folder, or `builtin:digits` for the embedded model."
+    )
+    family: Family = Field("auto", description="Pipeline family; `auto` guesses from the source.")
+    revision: str | None = Field(None, description="Pinned hub revision (commit sha or tag).")
+    variant: str | None = Field(None, description="Weight variant, e.g. `fp16`.")
+    dtype: DType = "auto"
+    scheduler: str | None = None
+    scheduler_kwargs: dict[str, Scalar] = Field(default_factory=dict)
+    use_safetensors: bool = Field(True, description="Refuse pickle weights unless set to false.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless set.")
+    controlnet: str | None = Field(None, description="ControlNet weights (hub id or folder) for mode controlnet.")
+    loras: list[LoraSpec] = Field(default_factory=list)
+    embeddings: list[EmbeddingSpec] = Field(default_factory=list)
+    params_b: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="Parameter count in billions, to override the memory estimate."
+    )
+    defaults: GenParams = Field(default_factory=GenParams)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str | None) -> str | None:
+        return GenParams._known_scheduler(value)
+
+    @field_validator("source")
+    @classmethod
+    def _nonempty_source(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("source must not be empty")
+        return value
+
+
+class FileValues(StrictModel):
+    """Values read from a file beside the spec: TXT lines, a CSV column or a JSONL field."""
+
+    file: str = Field(description="Path relative to the spec file.")
+    column: str | None = Field(None, description="CSV column name.")
+    field: str | None = Field(None, description="JSONL field name.")
+    limit: Annotated[int, Field(ge=1)] | None = None
+
+
+VarValues = Union[list[Scalar], FileValues]
+
+
+class InputSpec(StrictModel):
+    """Input images for img2img, inpaint and ControlNet."""
+
+    images: str | list[str] = Field(description="Image files or globs, relative to the spec file.")
+    masks: str | list[str] | None = Field(
+        None, description="Inpaint masks, paired with images by file stem (white = repaint)."
+    )
+    control: Literal["canny", "depth", "image"] | None = Field(
+        None,
+        description="How to turn each image into a control image: canny edges, a depth map "
+        "(images are already depth maps), or the image as is.",
+    )
+    canny_low: Annotated[int, Field(ge=0, le=255)] = 100
+    canny_high: Annotated[int, Field(ge=0, le=255)] = 200
+
+
+class ClassSpec(GenParams):
+    """One class of the dataset: how many images and how they are prompted."""
+
+    target: Annotated[int, Field(ge=0)] | None = Field(None, description="Number of images to make.")
+    fill_to: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="Make images until `existing` plus the made ones reach this count."
+    )
+    existing: str | None = Field(None, description="Folder of real images counted by `fill_to`.")
+    prompt: str | list[str] = Field(description="Prompt template(s) with {var} placeholders.")
+    vars: dict[str, VarValues] = Field(default_factory=dict)
+    expand: Literal["product", "zip"] = Field(
+        "product", description="Combine vars as a cartesian product or zip them."
+    )
+    sweep: dict[Literal["guidance", "steps", "scheduler", "strength", "model", "size"], list[Any]] = Field(
+        default_factory=dict, description="Parameter values spread over the class's images like vars."
+    )
+    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] | None = Field(
+        None, description="Explicit seeds, used in order instead of derived ones (target defaults to their count)."
+    )
+    seed_key: str | None = Field(
+        None, description="Seed stream name (defaults to the class name): classes sharing one share seeds."
+    )
+    input: InputSpec | None = None
+    label: str | None = Field(None, description="Label for exports (metadata: changes no pixels).")
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _count_given(self) -> ClassSpec:
+        given = [k for k in ("target", "fill_to") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError("give either target or fill_to, not both")
+        if self.fill_to is not None and self.existing is None:
+            raise ValueError("fill_to needs `existing`: the folder whose images count toward it")
+        if not given and self.seeds is None:
+            raise ValueError("give target (a number of images), fill_to with existing, or seeds")
+        if self.expand == "zip":
+            lengths = {k: len(v) for k, v in self.vars.items() if isinstance(v, list)}
+            if len(set(lengths.values())) > 1:
+                raise ValueError(f"expand: zip needs vars of equal length, got {lengths}")
+        return self
+
+
+class ClassesFrom(StrictModel):
+    """One class per row of a file, e.g. the food seed's CSV of dish titles."""
+
+    file: str = Field(description="CSV, TXT or JSONL file relative to the spec.")
+    name: str | None = Field(None, description="Column / field holding the class name (TXT: the line).")
+    limit: Annotated[int, Field(ge=1)] | None = None
+    template: dict[str, Any] = Field(
+        description="A class spec; each row's columns are vars available as {column}."
+    )
+
+
+class Budget(StrictModel):
+    vram_gb: Annotated[float, Field(gt=0)] | None = Field(None, description="Memory per GPU to plan for.")
+    ram_gb: Annotated[float, Field(gt=0)] | None = Field(None, description="Host memory to plan for (CPU runs, offload).")
+    devices: Literal["auto", "cpu"] | list[Annotated[int, Field(ge=0)]] = "auto"
+    max_batch: Annotated[int, Field(ge=1, le=1024)] = 8
+    workers: Annotated[int, Field(ge=1, le=64)] | None = Field(
+        None, description="CPU worker processes (default 1); GPUs get one worker each."
+    )
+    strategy: Literal["auto", "none", "attention_slicing", "vae_tiling", "model_offload", "sequential_offload"] = "auto"
+
+
+class CaptionsStage(StrictModel):
+    model: str = Field(description="A causal language model (hub id or folder).")
+    revision: str | None = None
+    variations: Annotated[int, Field(ge=1, le=32)] = 3
+    instruction: str = "Write {n} different short photo captions of {class}. One per line."
+    max_new_tokens: Annotated[int, Field(ge=1, le=2048)] = 128
+    temperature: Annotated[float, Field(ge=0.0, le=5.0)] = 0.8
+    seed: int = 0
+    trust_remote_code: bool = False
+
+
+class SegmentStage(StrictModel):
+    detector: str = Field(description="Grounding DINO weights (hub id or folder).")
+    segmenter: str = Field(description="SAM weights (hub id or folder).")
+    text: str = "{class}"
+    box_threshold: Annotated[float, Field(ge=0, le=1)] = 0.3
+    text_threshold: Annotated[float, Field(ge=0, le=1)] = 0.25
+    min_area: Annotated[float, Field(ge=0, le=1)] = 0.0
+    max_area: Annotated[float, Field(ge=0, le=1)] = 1.0
+    dedup_iou: Annotated[float, Field(ge=0, le=1)] = 0.7
+    format: Literal["yolo"] = "yolo"
+
+
+class ThresholdFilter(StrictModel):
+    min: float | None = None
+    max: float | None = None
+
+
+class NearDuplicateFilter(StrictModel):
+    max_hamming: Annotated[int, Field(ge=0, le=64)] = 4
+
+
+class ClassifierFilter(StrictModel):
+    model: str = Field("builtin:digits-classifier", description="Classifier that checks the prompted class.")
+    min_confidence: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
+class FilterSpec(StrictModel):
+    """Exactly one filter per list entry."""
+
+    clip_score: ThresholdFilter | None = None
+    near_duplicate: NearDuplicateFilter | None = None
+    classifier: ClassifierFilter | None = None
+    sharpness: ThresholdFilter | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> FilterSpec:
+        chosen = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                f"each filter entry names exactly one filter ({', '.join(type(self).model_fields)}), got {len(chosen)}"
+            )
+        return self
+
+
+class ReviewStage(StrictModel):
+    report: bool = True
+    grid_per_class: Annotated[int, Field(ge=1, le=1000)] = 64
+
+
+class Stages(StrictModel):
+    captions: CaptionsStage | None = None
+    segment: SegmentStage | None = None
+    filters: list[FilterSpec] = Field(default_factory=list)
+    review: ReviewStage | None = None
+
+
+class Spec(StrictModel):
+    """A dataset spec (version 1)."""
+
+    version: Literal[1] = Field(description="Spec language version.")
+    dataset: str = Field(description="Dataset name.")
+    description: str | None = None
+    output: str = Field("data/synthetic", description="Output root, relative to the spec file.")
+    models: dict[str, ModelSpec] = Field(description="Named models.")
+    defaults: GenParams = Field(default_factory=GenParams)
+    budget: Budget = Field(default_factory=Budget)
+    vars: dict[str, VarValues] = Field(default_factory=dict, description="Vars shared by every class.")
+    classes: dict[str, ClassSpec] = Field(default_factory=dict)
+    classes_from: ClassesFrom | None = None
+    profiles: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Named overlays merged onto the spec with --profile."
+    )
+    stages: Stages = Field(default_factory=Stages)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_name(cls, value: str) -> str:
+        return _check_name(value, "dataset name")
+
+    @field_validator("classes")
+    @classmethod
+    def _class_names(cls, value: dict[str, ClassSpec]) -> dict[str, ClassSpec]:
+        for name in value:
+            _check_name(name, "class name")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _some_model(cls, value: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+        if not value:
+            raise ValueError("define at least one model")
+        return value
