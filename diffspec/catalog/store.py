@@ -38,15 +38,26 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class CatalogIndex:
-    """What `plan` needs from the catalog: the live images, by fingerprint."""
+    """What `plan` needs from the catalog: the live images' fingerprints and classes (Arrow arrays)."""
 
     fingerprints: list[str]
-    class_names: list[str]
-    paths: list[str]
+    class_names: pa.Array  # Arrow: only the rows a plan removes are ever turned into Python
     state: str  # changes whenever a part is added or removed
+    catalog: Catalog | None = None
+    fingerprint_set: frozenset[str] | set[str] = frozenset()
 
     def __len__(self) -> int:
         return len(self.fingerprints)
+
+    def paths_of(self, fingerprints: list[str]) -> dict[str, str]:
+        """Relative paths of some live images (read only when a plan removes something)."""
+        import pyarrow.compute as pc
+
+        if self.catalog is None or not fingerprints:
+            return {}
+        table = self.catalog.read_table("images", ["fingerprint", "path"])
+        table = table.filter(pc.is_in(table.column("fingerprint"), value_set=pa.array(fingerprints, pa.string())))
+        return dict(zip(table.column("fingerprint").to_pylist(), table.column("path").to_pylist()))
 
 
 class Catalog:
@@ -149,24 +160,25 @@ class Catalog:
         return set(self.read_table("removed", ["fingerprint"]).column("fingerprint").to_pylist())
 
     def index(self) -> CatalogIndex:
-        """Live images (first row per fingerprint, tombstones dropped)."""
+        """Live images (first row per fingerprint, tombstones dropped), as Arrow columns."""
+        import pyarrow.compute as pc
+
         state = self.state()
-        table = self.read_table("images", ["fingerprint", "class_name", "path"])
-        fps = table.column("fingerprint").to_pylist()
-        classes = table.column("class_name").to_pylist()
-        paths = table.column("path").to_pylist()
-        removed = self.removed_fingerprints()
-        if removed or len(set(fps)) != len(fps):
-            seen: set[str] = set(removed)
-            keep = []
-            for i, fp in enumerate(fps):
-                if fp not in seen:
-                    seen.add(fp)
-                    keep.append(i)
-            fps = [fps[i] for i in keep]
-            classes = [classes[i] for i in keep]
-            paths = [paths[i] for i in keep]
-        return CatalogIndex(fps, classes, paths, state)
+        table = self.read_table("images", ["fingerprint", "class_name"])
+        removed = self.read_table("removed", ["fingerprint"]).column("fingerprint")
+        fps = table.column("fingerprint")
+        if len(removed):
+            table = table.filter(pc.invert(pc.is_in(fps, value_set=removed.combine_chunks())))
+            fps = table.column("fingerprint")
+        fp_list = fps.to_pylist()
+        fp_set = set(fp_list)
+        if len(fp_set) != len(fp_list):
+            # A crash between a compaction's write and its clean-up leaves a row twice: keep the first.
+            seen: set[str] = set()
+            keep = [i for i, fp in enumerate(fp_list) if not (fp in seen or seen.add(fp))]
+            table = table.take(pa.array(keep, pa.int64()))
+            fp_list = [fp_list[i] for i in keep]
+        return CatalogIndex(fp_list, table.column("class_name").combine_chunks(), state, self, fp_set)
 
     def live_images(self, columns: list[str] | None = None) -> pa.Table:
         """The images table, deduplicated and without tombstoned rows."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from diffspec.errors import PlanError
 from diffspec.plan.models import resolve_family, scheduler_entry
-from diffspec.plan.seeds import derive_seeds, rendezvous
+from diffspec.plan.seeds import derive_seeds, key64, rendezvous, splitmix64
 from diffspec.plan.unit import (
     EmbeddingRef,
     LoraRef,
@@ -82,6 +82,16 @@ class ClassUnits:
             variant=int(self.variant_of[i]),
             classes=classes or (self.name,),
         )
+
+    def identity_keys(self) -> np.ndarray:
+        """A 64-bit digest per unit of what its fingerprint covers: equal fingerprints imply
+        equal keys, so distinct keys prove there is nothing to deduplicate (cheaply)."""
+        variant_keys = np.array([key64(v.identity) for v in self.variants], dtype=np.uint64)
+        keys = variant_keys[self.variant_of]
+        if self.input_of is not None:
+            input_keys = np.array([key64(i.sha256 + (i.mask_sha256 or "")) for i in self.inputs], dtype=np.uint64)
+            keys = keys ^ splitmix64(input_keys[self.input_of])
+        return splitmix64(keys ^ splitmix64(self.seeds.astype(np.uint64)))
 
     def units(self) -> Iterator[WorkUnit]:
         for i in range(len(self)):
@@ -189,31 +199,35 @@ def compile_class(loaded: LoadedSpec, cls: ResolvedClass, models: dict[str, Mode
     variant_of = rendezvous(cls.seed_key, indices, [v.identity for v in variants])
     input_of = rendezvous(cls.seed_key, indices, [i.sha256 + (i.mask_sha256 or "") for i in cls.inputs], salt="input") if cls.inputs else None
 
-    # Hash fast: one sha256 state per (variant, input) prefix, copied per unit; the unit part is
-    # built from JSON fragments made once per variant. Must equal WorkUnit.canonical() exactly.
-    prefix_states: dict[tuple[int, int], Any] = {}
-    fragments: dict[tuple[int, int], tuple[str, str]] = {}
-    for v_idx, variant in enumerate(variants):
-        for i_idx in range(len(cls.inputs) or 1):
-            inp = cls.inputs[i_idx] if cls.inputs else None
-            head = "[" + _json_str(variant.prompt) + "," + _json_str(variant.negative) + ","
-            tail = "," + (_json_str(inp.sha256) if inp else "null") + "," + (
-                _json_str(inp.mask_sha256) if inp and inp.mask_sha256 else "null") + "]"
-            state = hashlib.sha256(variant.key.group_prefix().encode("utf-8"))
-            prefix_states[(v_idx, i_idx)] = state
-            fragments[(v_idx, i_idx)] = (head, tail)
-    fingerprints: list[str] = []
-    append = fingerprints.append
-    seeds_list = seeds.tolist()
-    variant_list = variant_of.tolist()
-    input_list = input_of.tolist() if input_of is not None else [0] * n
-    for seed, v_idx, i_idx in zip(seeds_list, variant_list, input_list):
-        pair = (v_idx, i_idx)
-        head, tail = fragments[pair]
-        state = prefix_states[pair].copy()
-        state.update(f"{head}{seed}{tail}".encode("utf-8"))
-        append(state.hexdigest())
-    return ClassUnits(cls.name, cls.label, variants, cls.inputs, indices, seeds, variant_of, input_of, fingerprints)
+    # Hash fast: one sha256 state per (variant, input) holding everything up to the seed, copied
+    # per unit, which then adds only its seed and the tail. Must equal WorkUnit.canonical() exactly.
+    fingerprints = np.empty(n, dtype=object)
+    pair_of = variant_of * max(1, len(cls.inputs)) + (input_of if input_of is not None else 0)
+    order = np.argsort(pair_of, kind="stable")
+    pairs, starts = np.unique(pair_of[order], return_index=True)
+    bounds = np.append(starts, n)
+    for pair, lo, hi in zip(pairs.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()):
+        v_idx, i_idx = divmod(pair, max(1, len(cls.inputs)))
+        variant = variants[v_idx]
+        inp = cls.inputs[i_idx] if cls.inputs else None
+        head = "[" + _json_str(variant.prompt) + "," + _json_str(variant.negative) + ","
+        tail = ("," + (_json_str(inp.sha256) if inp else "null") + ","
+                + (_json_str(inp.mask_sha256) if inp and inp.mask_sha256 else "null") + "]").encode("utf-8")
+        state = hashlib.sha256((variant.key.group_prefix() + head).encode("utf-8"))
+        members = order[lo:hi]
+        fingerprints[members] = list(map(_hasher(state, tail), seeds[members].tolist()))
+    return ClassUnits(cls.name, cls.label, variants, cls.inputs, indices, seeds, variant_of, input_of, fingerprints.tolist())
+
+
+def _hasher(state: Any, tail: bytes) -> Any:
+    copy = state.copy
+
+    def fingerprint(seed: int) -> str:
+        h = copy()
+        h.update(b"%d%s" % (seed, tail))
+        return h.hexdigest()
+
+    return fingerprint
 
 
 def compile_spec(loaded: LoadedSpec) -> dict[str, ClassUnits]:

@@ -118,75 +118,92 @@ def _history(catalog: Catalog, has_rows: bool) -> dict[tuple[str, int, int, int]
 
 
 def build_plan(loaded: LoadedSpec, catalog: Catalog | None = None) -> Plan:
+    import pyarrow as pa
+
     catalog = catalog or Catalog(loaded.output)
     compiled = compile_spec(loaded)
-    index = catalog.index() if catalog.exists() else CatalogIndex([], [], [], catalog.state())
-    existing = set(index.fingerprints)
+    index = catalog.index() if catalog.exists() else CatalogIndex([], pa.array([], pa.string()), catalog.state(), None, frozenset())
 
-    # Dedup across classes: the first class by name owns a shared unit.
+    names = list(compiled)
+    offsets = np.cumsum([0] + [len(compiled[n]) for n in names])
+    planned = [fp for n in names for fp in compiled[n].fingerprints]
+    # Duplicates are rare: rule them out with 64-bit identity keys (a numpy sort) before paying
+    # for an exact check with a set of a million strings.
+    keys = np.concatenate([compiled[n].identity_keys() for n in names]) if names else np.zeros(0, np.uint64)
+    planned_set: set[str] | None = None
+    duplicated = False
+    ordered = np.sort(keys)
+    if bool(np.any(ordered[1:] == ordered[:-1])):
+        planned_set = set(planned)
+        duplicated = len(planned_set) != len(planned)
+
+    # Dedup: the first class by name (then the lowest index) owns a shared unit.
     owners: dict[str, tuple[str, ...]] = {}
-    total = sum(len(u) for u in compiled.values())
-    all_fps: set[str] = set()
-    for units in compiled.values():
-        all_fps.update(units.fingerprints)
-    duplicated = len(all_fps) != total
-    owner_of: dict[str, str] = {}
+    first_claim = np.ones(len(planned), dtype=bool)
     if duplicated:
         claims: dict[str, list[str]] = defaultdict(list)
-        for name, units in compiled.items():
-            for fp in units.fingerprints:
-                if not claims[fp] or claims[fp][-1] != name:
-                    claims[fp].append(name)
-        for fp, names in claims.items():
-            owner_of[fp] = names[0]
-            if len(names) > 1:
-                owners[fp] = tuple(names)
+        seen: set[str] = set()
+        for pos, fp in enumerate(planned):
+            cls_name = names[int(np.searchsorted(offsets, pos, side="right")) - 1]
+            if fp in seen:
+                first_claim[pos] = False
+            seen.add(fp)
+            if not claims[fp] or claims[fp][-1] != cls_name:
+                claims[fp].append(cls_name)
+        owners = {fp: tuple(c) for fp, c in claims.items() if len(c) > 1}
+
+    gone_rows: list[int] = []
+    if len(index):
+        in_catalog = index.fingerprint_set
+        missing_all = np.array([fp not in in_catalog for fp in planned], dtype=bool)
+        kept = int(np.count_nonzero(first_claim & ~missing_all))
+        if kept != len(index):  # some catalog images are no longer planned
+            planned_set = planned_set or set(planned)
+            gone_rows = [i for i, fp in enumerate(index.fingerprints) if fp not in planned_set]
+    else:
+        missing_all = np.ones(len(planned), dtype=bool)
+    gone = [index.fingerprints[i] for i in gone_rows]
+    gone_classes = index.class_names.take(pa.array(gone_rows, pa.int64())).to_pylist() if gone_rows else []
+    removal_counts = Counter(gone_classes)
 
     budget = loaded.spec.budget
     history = _history(catalog, len(index) > 0)
     memory_cache: dict[PipelineKey, MemoryPlan] = {}
-    removal_counts = Counter(c for fp, c in zip(index.fingerprints, index.class_names) if fp not in all_fps)
     classes: list[ClassPlan] = []
     create_index: dict[str, np.ndarray] = {}
-    for name, units in compiled.items():
+    for c_idx, name in enumerate(names):
+        units = compiled[name]
         cls = loaded.classes[name]
-        fps = units.fingerprints
-        if duplicated:
-            mine = np.fromiter((owner_of[fp] == name for fp in fps), dtype=bool, count=len(fps))
-        else:
-            mine = np.ones(len(fps), dtype=bool)
-        # Within a class, one fingerprint twice (e.g. two explicit equal seeds) is one unit too.
-        if len(set(fps)) != len(fps):
-            seen: set[str] = set()
-            for i, fp in enumerate(fps):
-                if fp in seen:
-                    mine[i] = False
-                seen.add(fp)
-        missing = np.fromiter((fp not in existing for fp in fps), dtype=bool, count=len(fps)) if existing else np.ones(len(fps), dtype=bool)
+        lo, hi = int(offsets[c_idx]), int(offsets[c_idx + 1])
+        mine = first_claim[lo:hi]
+        missing = missing_all[lo:hi]
         to_make = np.flatnonzero(mine & missing)
         create_index[name] = to_make
         keep = int(np.count_nonzero(mine & ~missing))
-        shared = int(len(fps) - np.count_nonzero(mine))
+        shared = int(len(units) - np.count_nonzero(mine))
         est = 0.0
         source = "table"
         memory = None
-        per_key = Counter(units.variant_of[to_make].tolist()) if len(to_make) else Counter()
+        per_variant = np.bincount(units.variant_of[to_make], minlength=len(units.variants)) if len(to_make) else None
         for v_idx, variant in enumerate(units.variants):
             key = variant.key
             if key not in memory_cache:
                 memory_cache[key] = memory_plan(key, budget.vram_gb, budget.ram_gb, budget.max_batch, budget.strategy)
             mem = memory_cache[key]
             memory = memory or mem
-            count = per_key.get(v_idx, 0)
+            count = int(per_variant[v_idx]) if per_variant is not None else 0
             if count:
                 seconds, source = seconds_per_image(key, mem.device, mem.batch_size, history)
                 est += seconds * count
         first_key = units.variants[0].key if units.variants else None
+        if memory is None:
+            memory = (memory_plan(first_key, budget.vram_gb, budget.ram_gb, budget.max_batch, budget.strategy)
+                      if first_key else MemoryPlan("cpu", 0, 0, 0, "none", 1, True, "-"))
         classes.append(ClassPlan(
             name=name,
             label=units.label,
-            model=first_key.model.name if first_key else cls.params["model"],
-            family=first_key.model.family if first_key else "?",
+            model=cls.params["model"],
+            family=first_key.model.family if first_key else "-",
             mode=cls.params["mode"],
             size=tuple(cls.params["size"]),
             steps=int(cls.params["steps"]),
@@ -198,16 +215,15 @@ def build_plan(loaded: LoadedSpec, catalog: Catalog | None = None) -> Plan:
             variants=len(units.variants),
             est_seconds=est,
             estimate_source=source,
-            memory=memory or memory_plan(first_key, budget.vram_gb, budget.ram_gb, budget.max_batch, budget.strategy) if first_key else MemoryPlan("cpu", 0, 0, 0, "none", 1, True, "-"),
+            memory=memory,
             existing=cls.existing_count,
             fill_to=cls.fill_to,
         ))
-    removals = tuple(
-        Removal(fp, c, p) for fp, c, p in zip(index.fingerprints, index.class_names, index.paths) if fp not in all_fps
-    )
+    paths = index.paths_of(gone)
+    removals = tuple(Removal(fp, c, paths.get(fp, "")) for fp, c in zip(gone, gone_classes))
     # Classes that left the spec entirely still show, so their removals are visible.
-    for gone, count in sorted(removal_counts.items()):
-        classes.append(ClassPlan(gone, gone, "-", "-", "-", (0, 0), 0, 0, 0, 0, count, 0, 0, 0.0, "-",
+    for left, count in sorted(removal_counts.items()):
+        classes.append(ClassPlan(left, left, "-", "-", "-", (0, 0), 0, 0, 0, 0, count, 0, 0, 0.0, "-",
                                  MemoryPlan("cpu", 0, 0, 0, "none", 1, True, "-")))
     return Plan(
         dataset=loaded.spec.dataset,

@@ -1,0 +1,449 @@
+"""The one small interface the runner uses: a loaded pipeline that turns units into images.
+
+::
+
+    backend = Backend(unit.key, device="cpu", strategy="none")
+    images = backend.generate(units)          # units share one PipelineKey: one pipeline call
+    backend.scheduler_config(unit.key)        # the resulting scheduler config, for the catalog
+    backend.close()
+
+Reproducibility rules:
+
+* one ``torch.Generator(device="cpu").manual_seed(unit.seed)`` per image, passed as a list,
+  so a seed is the same noise on any device and an image does not depend on its place in
+  the batch (nor on its batch mates: text is encoded per prompt, padded to a fixed length);
+* a fresh scheduler per call, built from the cached config of (scheduler name, kwargs), so no
+  scheduler state leaks from one call into the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import PIL.Image
+import torch
+
+from diffspec.errors import GenerationError
+from diffspec.generate.control import control_image, load_mask, load_rgb
+from diffspec.generate.families import (
+    KANDINSKY_PRIOR_GUIDANCE,
+    KANDINSKY_PRIOR_STEPS,
+    PROMPT_WEIGHTING_FAMILIES,
+    supports_negative_prompt,
+    supports_prompt_weighting,
+)
+from diffspec.generate.loading import load_pipeline, resolve_family
+from diffspec.generate.memory import apply_strategy
+from diffspec.generate.prompts import has_weighting, is_weighted, parse_a1111, plain_text, unescape
+from diffspec.generate.schedulers import make_scheduler
+from diffspec.plan.unit import ModelRef, PipelineKey, WorkUnit
+
+log = logging.getLogger(__name__)
+
+LoadKey = tuple[ModelRef, str, "str | None"]
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    fingerprint: str
+    image: PIL.Image.Image
+    seconds: float  # wall time of the pipeline call divided by the batch size
+
+
+def _as_key(value: PipelineKey | WorkUnit | tuple) -> PipelineKey:
+    if isinstance(value, WorkUnit):
+        return value.key
+    if isinstance(value, PipelineKey):
+        return value
+    if isinstance(value, tuple) and len(value) == 3 and isinstance(value[0], ModelRef):
+        model, mode, control = value
+        return PipelineKey(model=model, mode=mode, scheduler="default", scheduler_kwargs=(),
+                           width=0, height=0, steps=1, guidance=0.0, control=control)
+    raise TypeError(f"Backend needs a PipelineKey, a WorkUnit or a load key tuple, got {type(value).__name__}")
+
+
+class Backend:
+    """A pipeline loaded once for one (model, mode, control), driven by work units."""
+
+    def __init__(
+        self,
+        load_key_unit_or_key: PipelineKey | WorkUnit | LoadKey,
+        device: str = "cpu",
+        strategy: str = "none",
+        dtype: str | None = None,
+    ) -> None:
+        key = _as_key(load_key_unit_or_key)
+        self.model: ModelRef = key.model
+        self.mode: str = key.mode
+        self.control: str | None = key.control
+        self.load_key: LoadKey = key.load_key()
+        self.device = device
+        self.family = "builtin" if key.model.source.startswith("builtin:") else resolve_family(key.model)
+        self.pipe: Any = load_pipeline(key, device=device, dtype=dtype, place=False)
+        self.strategy = strategy
+        self.memory_effect = apply_strategy(self.pipe, strategy, device)
+        base = self.pipe.scheduler
+        self._base_scheduler_config = {**dict(base.config), "_class_name": type(base).__name__}
+        self._schedulers: dict[tuple[str, tuple], tuple[Any, dict[str, Any]]] = {}
+        self._compel: tuple[Any, Any] | None = None
+        self._warned: set[str] = set()
+        self._call_params = self._parameters_of_call()
+
+    # ------------------------------------------------------------------ public API
+
+    def generate(self, units: Sequence[WorkUnit]) -> list[GeneratedImage]:
+        """Make one image per unit, in one pipeline call. All units must share one key."""
+        if not units:
+            return []
+        key = units[0].key
+        for unit in units[1:]:
+            if unit.key != key:
+                raise ValueError("Backend.generate: all units of a call must share one PipelineKey")
+        if key.load_key() != self.load_key:
+            raise ValueError(
+                "Backend.generate: these units need another model/mode/control than this backend "
+                f"loaded ({key.model.name}, {key.mode}); make another Backend"
+            )
+        if self.pipe is None:
+            raise GenerationError("this backend was closed")
+        self._use_scheduler(key)
+        generators = [torch.Generator(device="cpu").manual_seed(int(u.seed)) for u in units]
+        start = time.perf_counter()
+        try:
+            with torch.no_grad():
+                if self.family == "kandinsky":
+                    images = self._run_kandinsky(units, key, generators)
+                else:
+                    kwargs = self._call_kwargs(units, key, generators)
+                    with self._deterministic_vae_sampling():
+                        images = self.pipe(**kwargs).images
+        except ValueError as exc:
+            raise GenerationError(
+                f"{type(self.pipe).__name__} rejected the call for model {self.model.name!r} "
+                f"({self.mode}, {key.width}x{key.height}, {key.steps} steps): {exc}"
+            ) from exc
+        elapsed = time.perf_counter() - start
+        if len(images) != len(units):
+            raise GenerationError(f"the pipeline returned {len(images)} images for {len(units)} units")
+        per_image = elapsed / len(units)
+        return [
+            GeneratedImage(unit.fingerprint, image if image.mode == "RGB" else image.convert("RGB"), per_image)
+            for unit, image in zip(units, images)
+        ]
+
+    def scheduler_config(self, key: PipelineKey) -> dict[str, Any]:
+        """The config (with ``_class_name``) of the scheduler ``key`` runs with."""
+        return dict(self._scheduler_for(key)[1])
+
+    def set_strategy(self, strategy: str) -> None:
+        if self.pipe is None:
+            raise GenerationError("this backend was closed")
+        self.memory_effect = apply_strategy(self.pipe, strategy, self.device)
+        self.strategy = strategy
+
+    def close(self) -> None:
+        """Free the pipeline's memory."""
+        pipe, self.pipe = self.pipe, None
+        self._compel = None
+        if pipe is not None:
+            with contextlib.suppress(Exception):
+                pipe.remove_all_hooks()
+            del pipe
+        gc.collect()
+        if torch.device(self.device).type == "cuda" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ schedulers
+
+    def _scheduler_for(self, key: PipelineKey) -> tuple[Any, dict[str, Any]]:
+        cache_key = (key.scheduler, tuple(sorted(key.scheduler_kwargs)))
+        if cache_key not in self._schedulers:
+            self._schedulers[cache_key] = make_scheduler(
+                key.scheduler, self._base_scheduler_config, dict(key.scheduler_kwargs)
+            )
+        return self._schedulers[cache_key]
+
+    def _use_scheduler(self, key: PipelineKey) -> None:
+        template, _ = self._scheduler_for(key)
+        scheduler = type(template).from_config(template.config)  # fresh state every call
+        self.pipe.scheduler = scheduler
+        decoder = getattr(self.pipe, "decoder_pipe", None)  # Kandinsky combined pipelines
+        if decoder is not None:
+            decoder.scheduler = scheduler
+
+    # ------------------------------------------------------------------ call building
+
+    def _parameters_of_call(self) -> frozenset[str]:
+        target = getattr(self.pipe, "decoder_pipe", None) or self.pipe
+        params = set(inspect.signature(target.__call__).parameters)
+        if target is not self.pipe:
+            params |= set(inspect.signature(self.pipe.__call__).parameters)
+        return frozenset(params)
+
+    def _warn_once(self, tag: str, message: str, *args: Any) -> None:
+        if tag not in self._warned:
+            self._warned.add(tag)
+            log.warning(message, *args)
+
+    def _input_kwargs(self, units: Sequence[WorkUnit], key: PipelineKey) -> dict[str, Any]:
+        width, height = key.width, key.height
+        params = self._call_params
+        kwargs: dict[str, Any] = {}
+        if "height" in params and "width" in params:
+            kwargs["height"], kwargs["width"] = height, width
+        if self.mode in ("img2img", "inpaint", "controlnet"):
+            for unit in units:
+                if not unit.input_image:
+                    raise GenerationError(
+                        f"unit {unit.class_name}#{unit.index} ({unit.fingerprint[:12]}) has no input image, "
+                        f"which mode {self.mode} needs (set `input.images` in its class)"
+                    )
+        if self.mode in ("img2img", "inpaint"):
+            kwargs["image"] = [load_rgb(u.input_image, width, height) for u in units]
+            if key.strength is not None:
+                if "strength" in params:
+                    kwargs["strength"] = float(key.strength)
+                elif key.strength != 1.0:
+                    self._warn_once(
+                        "strength",
+                        "%s has no `strength`: it always repaints the masked area fully; strength %s is ignored",
+                        type(self.pipe).__name__, key.strength,
+                    )
+        if self.mode == "inpaint":
+            for unit in units:
+                if not unit.mask_image:
+                    raise GenerationError(
+                        f"unit {unit.class_name}#{unit.index} ({unit.fingerprint[:12]}) has no mask image, "
+                        "which mode inpaint needs (set `input.masks` in its class)"
+                    )
+            kwargs["mask_image"] = [load_mask(u.mask_image, width, height) for u in units]
+        if self.mode == "controlnet":
+            controls = [control_image(u.input_image, key.control, width, height) for u in units]
+            kwargs["control_image" if "control_image" in params else "image"] = controls
+            if key.conditioning_scale is not None:
+                kwargs["controlnet_conditioning_scale"] = float(key.conditioning_scale)
+        return kwargs
+
+    def _check_prompt_syntax(self, texts: Sequence[str]) -> None:
+        if supports_prompt_weighting(self.family):
+            for text in texts:
+                parse_a1111(text)  # raises on unbalanced brackets
+            return
+        for text in texts:
+            if has_weighting(text):
+                raise GenerationError(
+                    f"prompt weighting like {text!r} is supported for families "
+                    f"{', '.join(sorted(PROMPT_WEIGHTING_FAMILIES))} only, not {self.family!r} "
+                    f"(model {self.model.name!r}); remove the brackets or write literal ones as \\( \\) \\[ \\]"
+                )
+
+    def _do_cfg(self, key: PipelineKey) -> bool:
+        unet = getattr(self.pipe, "unet", None)
+        distilled = unet is not None and getattr(unet.config, "time_cond_proj_dim", None) is not None
+        return key.guidance > 1.0 and not distilled
+
+    def _text_kwargs(self, units: Sequence[WorkUnit], key: PipelineKey) -> dict[str, Any]:
+        prompts = [u.prompt for u in units]
+        negatives = [u.negative or "" for u in units]
+        do_cfg = self._do_cfg(key)
+        self._check_prompt_syntax(prompts + (negatives if do_cfg else []))
+        if not supports_negative_prompt(self.family):
+            if any(negatives):
+                self._warn_once(
+                    "negative",
+                    "%s models take no negative prompt (guidance-distilled); the negative prompt is ignored",
+                    self.family,
+                )
+            return {"prompt": [unescape(p) for p in prompts]}
+        if self.family not in PROMPT_WEIGHTING_FAMILIES:
+            return {"prompt": [unescape(p) for p in prompts], "negative_prompt": [unescape(n) for n in negatives]}
+        # sd / sdxl
+        weighted = any(is_weighted(p) for p in prompts) or (do_cfg and any(is_weighted(n) for n in negatives))
+        # SDXL zeroes an absent negative (force_zeros_for_empty_prompt) but encodes "" when some
+        # other unit of the batch has a negative: per-unit embeddings keep each image independent.
+        mixed = self.family == "sdxl" and do_cfg and any(negatives) and not all(negatives)
+        if weighted or mixed:
+            return self._sd_embeddings(prompts, negatives, do_cfg)
+        text = {"prompt": [plain_text(p) for p in prompts]}
+        if self.family == "sdxl" and not any(negatives):
+            text["negative_prompt"] = None
+        else:
+            text["negative_prompt"] = [plain_text(n) for n in negatives]
+        return text
+
+    def _call_kwargs(self, units: Sequence[WorkUnit], key: PipelineKey, generators: list) -> dict[str, Any]:
+        kwargs = self._text_kwargs(units, key)
+        kwargs.update(self._input_kwargs(units, key))
+        kwargs.update(
+            num_inference_steps=int(key.steps),
+            guidance_scale=float(key.guidance),
+            generator=generators,
+            output_type="pil",
+        )
+        return kwargs
+
+    # ------------------------------------------------------------------ prompt weighting (compel)
+
+    def _compel_pair(self) -> tuple[Any, Any]:
+        if self._compel is None:
+            from compel import Compel, DiffusersTextualInversionManager, ReturnedEmbeddingsType
+
+            ti = DiffusersTextualInversionManager(self.pipe)
+            if self.family == "sd":
+                first = Compel(tokenizer=self.pipe.tokenizer, text_encoder=self.pipe.text_encoder,
+                               textual_inversion_manager=ti, truncate_long_prompts=True)
+                self._compel = (first, None)
+            else:
+                kind = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
+                first = Compel(tokenizer=self.pipe.tokenizer, text_encoder=self.pipe.text_encoder,
+                               textual_inversion_manager=ti, returned_embeddings_type=kind,
+                               truncate_long_prompts=True)
+                second = Compel(tokenizer=self.pipe.tokenizer_2, text_encoder=self.pipe.text_encoder_2,
+                                returned_embeddings_type=kind, requires_pooled=True, truncate_long_prompts=True)
+                self._compel = (first, second)
+        return self._compel
+
+    def _compel_embed(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weighted embeddings of an A1111-syntax prompt: (embeds, pooled or None)."""
+        from compel.prompt_parser import Conjunction, FlattenedPrompt
+
+        fragments = [(piece, float(weight)) for piece, weight in parse_a1111(text)] or [("", 1.0)]
+        conjunction = Conjunction([FlattenedPrompt(fragments)])
+        first, second = self._compel_pair()
+        embeds, _ = first.build_conditioning_tensor_for_conjunction(conjunction)
+        if second is None:
+            return embeds, None
+        embeds_2, _ = second.build_conditioning_tensor_for_conjunction(conjunction)
+        pooled = second.conditioning_provider.get_pooled_embeddings([plain_text(text)], device=embeds_2.device)
+        return torch.cat([embeds, embeds_2.to(embeds.device)], dim=-1), pooled
+
+    def _sd_embeddings(self, prompts: list[str], negatives: list[str], do_cfg: bool) -> dict[str, Any]:
+        """Per-unit text embeddings for sd/sdxl: compel for weighted texts, the pipeline's own
+        ``encode_prompt`` for plain ones, so a unit's embedding never depends on its batch."""
+        pipe = self.pipe
+        device = pipe._execution_device
+        dtype = pipe.unet.dtype
+        pos, neg, pos_pooled, neg_pooled = [], [], [], []
+        for prompt, negative in zip(prompts, negatives):
+            sdxl = self.family == "sdxl"
+            neg_arg = None if (sdxl and not negative) else [plain_text(negative)]
+            if sdxl:
+                pe, ne, pp, npp = pipe.encode_prompt(
+                    prompt=[plain_text(prompt)], device=device, num_images_per_prompt=1,
+                    do_classifier_free_guidance=do_cfg, negative_prompt=neg_arg,
+                )
+            else:
+                pe, ne = pipe.encode_prompt(
+                    [plain_text(prompt)], device, 1, do_cfg, negative_prompt=neg_arg,
+                )
+                pp = npp = None
+            if is_weighted(prompt):
+                pe, weighted_pooled = self._compel_embed(prompt)
+                pp = weighted_pooled if sdxl else None
+            if do_cfg and is_weighted(negative):
+                ne, weighted_pooled = self._compel_embed(negative)
+                npp = weighted_pooled if sdxl else None
+            pos.append(pe.to(device=device, dtype=dtype))
+            if do_cfg:
+                neg.append(ne.to(device=device, dtype=dtype))
+            if sdxl:
+                pos_pooled.append(pp.to(device=device, dtype=dtype))
+                if do_cfg:
+                    neg_pooled.append(npp.to(device=device, dtype=dtype))
+        out: dict[str, Any] = {"prompt_embeds": torch.cat(pos)}
+        if do_cfg:
+            out["negative_prompt_embeds"] = torch.cat(neg)
+        if self.family == "sdxl":
+            out["pooled_prompt_embeds"] = torch.cat(pos_pooled)
+            if do_cfg:
+                out["negative_pooled_prompt_embeds"] = torch.cat(neg_pooled)
+        return out
+
+    # ------------------------------------------------------------------ family specifics
+
+    @contextlib.contextmanager
+    def _deterministic_vae_sampling(self) -> Iterator[None]:
+        """SD3's ControlNet pipeline samples the control image's VAE latent with the global RNG,
+        which would make images irreproducible; use the latent mean (deterministic and
+        independent of the batch) instead."""
+        if not (self.family == "sd3" and self.mode == "controlnet"):
+            yield
+            return
+        vae = self.pipe.vae
+        original = vae.encode
+        shadowed = "encode" in vars(vae)
+
+        def encode(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            dist = getattr(out, "latent_dist", None)
+            if dist is not None:
+                dist.sample = lambda generator=None: dist.mode()
+            return out
+
+        vae.encode = encode
+        try:
+            yield
+        finally:
+            if shadowed:
+                vae.encode = original
+            else:
+                del vae.encode  # back to the class method
+
+    def _run_kandinsky(self, units: Sequence[WorkUnit], key: PipelineKey, generators: list) -> list[PIL.Image.Image]:
+        """Kandinsky 2.2: prior (text → image embedding), then the decoder.
+
+        The combined pipeline runs the prior once for the whole batch, and with a negative
+        prompt it doubles the prior batch, which a per-image generator list cannot follow. So
+        the prior runs here in two groups (units without / with a negative prompt; the negative
+        half draws from a second generator seeded like the first), and the decoder runs once.
+        """
+        pipe = self.pipe
+        prompts = [unescape(u.prompt) for u in units]
+        negatives = [unescape(u.negative or "") for u in units]
+        self._check_prompt_syntax([u.prompt for u in units] + [u.negative or "" for u in units])
+        embeds: list[torch.Tensor | None] = [None] * len(units)
+        negative_embeds: list[torch.Tensor | None] = [None] * len(units)
+        groups = (
+            [i for i, n in enumerate(negatives) if not n],
+            [i for i, n in enumerate(negatives) if n],
+        )
+        for with_negative, index in enumerate(groups):
+            if not index:
+                continue
+            gens = [generators[i] for i in index]
+            if with_negative:
+                gens = gens + [torch.Generator(device="cpu").manual_seed(int(units[i].seed)) for i in index]
+            image_embeds, zero_embeds = pipe.prior_pipe(
+                prompt=[prompts[i] for i in index],
+                negative_prompt=[negatives[i] for i in index] if with_negative else None,
+                num_inference_steps=KANDINSKY_PRIOR_STEPS,
+                guidance_scale=KANDINSKY_PRIOR_GUIDANCE,
+                generator=gens,
+                output_type="pt",
+                return_dict=False,
+            )
+            for row, i in enumerate(index):
+                embeds[i] = image_embeds[row : row + 1]
+                negative_embeds[i] = zero_embeds[row : row + 1]
+        kwargs = self._input_kwargs(units, key)
+        return pipe.decoder_pipe(
+            image_embeds=torch.cat(embeds),
+            negative_image_embeds=torch.cat(negative_embeds),
+            num_inference_steps=int(key.steps),
+            guidance_scale=float(key.guidance),
+            generator=generators,
+            output_type="pil",
+            **kwargs,
+        ).images

@@ -1,0 +1,202 @@
+"""Run batches on one device: keep the pipeline loaded, survive out-of-memory, isolate bad units.
+
+A :class:`BatchRunner` lives in one process (the driver for in-process runs, a worker
+otherwise) and holds at most one pipeline: a batch of another model (``key.load_key()``)
+closes it and loads the next. Memory at run time:
+
+* an out-of-memory error (``diffspec.generate.memory.is_out_of_memory``) halves the batch and
+  retries; the smaller size sticks for that key for the rest of the run;
+* at batch size 1 it escalates the memory strategy (``escalate``: attention slicing → VAE
+  tiling → model offload → sequential offload) and retries;
+* with no strategy left the unit fails.
+
+A unit whose pipeline call raises (a ``GenerationError`` or anything else) is retried alone so
+that one bad unit fails by itself; the others of its batch continue. Every step is logged as
+an event for the run's ``log``.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from diffspec.plan.unit import PipelineKey, WorkUnit
+from diffspec.run.batching import Batch
+
+
+def event(kind: str, message: str, **fields: Any) -> dict[str, Any]:
+    return {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": kind, "message": message, **fields}
+
+
+@dataclass
+class BatchOutput:
+    batch_id: int
+    items: list[tuple[WorkUnit, Any]] = field(default_factory=list)  # (unit, PIL image)
+    seconds: dict[str, float] = field(default_factory=dict)
+    batch_sizes: dict[str, int] = field(default_factory=dict)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (fingerprint, message)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    scheduler_configs: dict[PipelineKey, dict[str, Any]] = field(default_factory=dict)
+    dtype: str | None = None
+
+
+BackendFactory = Callable[..., Any]
+
+
+def default_backend_factory(key: PipelineKey, device: str = "cpu", strategy: str = "none", dtype: str | None = None) -> Any:
+    from diffspec.generate.backend import Backend
+
+    return Backend(key, device=device, strategy=strategy, dtype=dtype)
+
+
+def _free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover
+        pass
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+class BatchRunner:
+    def __init__(self, device: str, backend_factory: BackendFactory | None = None, worker: int = 0) -> None:
+        self.device = device
+        self.worker = worker
+        self.factory = backend_factory or default_backend_factory
+        self.backend: Any = None
+        self.load_key: Any = None
+        self.strategy: str | None = None
+        self.caps: dict[PipelineKey, int] = {}
+        self.broken: dict[Any, str] = {}  # load_key -> why it cannot load
+        self._sched: dict[PipelineKey, dict[str, Any]] = {}
+
+    # ---- pipeline ---------------------------------------------------------------------
+    def _ensure(self, batch: Batch, out: BatchOutput) -> Any:
+        lk = batch.load_key
+        if self.backend is not None and self.load_key == lk:
+            return self.backend
+        self.close()
+        t0 = time.perf_counter()
+        self.backend = self.factory(batch.key, device=self.device, strategy=batch.strategy)
+        self.load_key = lk
+        self.strategy = batch.strategy
+        out.events.append(event("load", f"loaded {batch.key.model.source} ({batch.key.mode}) on {self.device} "
+                                f"with strategy {batch.strategy} in {time.perf_counter() - t0:.1f}s",
+                                worker=self.worker, device=self.device, model=batch.key.model.source))
+        return self.backend
+
+    def close(self) -> None:
+        if self.backend is not None:
+            try:
+                self.backend.close()
+            finally:
+                self.backend = None
+                self.load_key = None
+                self.strategy = None
+                _free_memory()
+
+    def scheduler_config(self, key: PipelineKey) -> dict[str, Any]:
+        if key not in self._sched:
+            try:
+                self._sched[key] = dict(self.backend.scheduler_config(key))
+            except Exception as exc:  # recorded, never fatal
+                self._sched[key] = {"error": _short(exc)}
+        return self._sched[key]
+
+    # ---- run --------------------------------------------------------------------------
+    def run(self, batch: Batch) -> BatchOutput:
+        from diffspec.generate.memory import escalate, is_out_of_memory
+
+        out = BatchOutput(batch.id)
+        lk = batch.load_key
+        if lk in self.broken:
+            out.failures = [(u.fingerprint, self.broken[lk]) for u in batch.units]
+            return out
+        try:
+            backend = self._ensure(batch, out)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                message = f"out of memory loading {batch.key.model.source} on {self.device}: {_short(exc)}"
+            else:
+                message = f"cannot load {batch.key.model.source}: {_short(exc)}"
+            self.broken[lk] = message
+            self.close()
+            out.events.append(event("load_failed", message, worker=self.worker, device=self.device))
+            out.failures = [(u.fingerprint, message) for u in batch.units]
+            return out
+        out.dtype = str(getattr(backend, "dtype", None) or "") or None
+        key = batch.key
+        cap = min(self.caps.get(key, len(batch.units)), len(batch.units))
+        todo: deque[tuple[WorkUnit, ...]] = deque(
+            tuple(batch.units[i:i + cap]) for i in range(0, len(batch.units), cap)
+        )
+        isolated: set[str] = set()  # units retried alone after an error
+        while todo:
+            chunk = todo.popleft()
+            try:
+                images = backend.generate(list(chunk))
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    _free_memory()
+                    if len(chunk) > 1:
+                        half = (len(chunk) + 1) // 2
+                        self.caps[key] = min(self.caps.get(key, half), half)
+                        out.events.append(event(
+                            "oom_retry", f"out of memory at batch {len(chunk)} on {self.device}: retrying at batch {half}",
+                            worker=self.worker, device=self.device, batch=len(chunk), new_batch=half))
+                        todo.appendleft(chunk[half:])
+                        todo.appendleft(chunk[:half])
+                        continue
+                    current = self.strategy or "none"
+                    nxt = escalate(current)
+                    if nxt is not None:
+                        try:
+                            backend.set_strategy(nxt)
+                            self.strategy = nxt
+                            out.events.append(event(
+                                "strategy_escalation", f"out of memory at batch 1 on {self.device}: memory strategy {current} -> {nxt}",
+                                worker=self.worker, device=self.device, old=current, new=nxt))
+                            todo.appendleft(chunk)
+                            continue
+                        except Exception as exc2:  # the escalation itself failed: give up on the unit
+                            exc = exc2
+                    message = f"out of memory on {self.device} at batch 1 with strategy {current}: {_short(exc)}"
+                    out.events.append(event("unit_failed", message, worker=self.worker, fingerprint=chunk[0].fingerprint))
+                    out.failures.append((chunk[0].fingerprint, message))
+                    continue
+                if len(chunk) > 1:
+                    out.events.append(event("isolate", f"batch of {len(chunk)} raised {_short(exc)}; retrying its units one by one",
+                                            worker=self.worker))
+                    for unit in reversed(chunk):
+                        todo.appendleft((unit,))
+                        isolated.add(unit.fingerprint)
+                    continue
+                message = _short(exc)
+                out.events.append(event("unit_failed", f"{chunk[0].class_name}[{chunk[0].index}] failed: {message}",
+                                        worker=self.worker, fingerprint=chunk[0].fingerprint))
+                out.failures.append((chunk[0].fingerprint, message))
+                continue
+            by_fp = {g.fingerprint: g for g in images}
+            for unit in chunk:
+                g = by_fp.get(unit.fingerprint)
+                if g is None:
+                    out.failures.append((unit.fingerprint, "the backend returned no image for this unit"))
+                    continue
+                out.items.append((unit, g.image))
+                out.seconds[unit.fingerprint] = float(g.seconds)
+                out.batch_sizes[unit.fingerprint] = len(chunk)
+        for unit, _ in out.items[:1]:
+            out.scheduler_configs[unit.key] = self.scheduler_config(unit.key)
+        return out

@@ -1,0 +1,191 @@
+"""Write generated images: deterministic PNG with provenance, atomic and durable, then a row.
+
+Each image goes to ``<output>/images/<class>/<fingerprint>.png`` (``unit.relpath``) through
+:func:`diffspec.atomic.atomic_write` (a temp file in the same folder, fsync, rename); the folders
+of a batch are fsynced once after its renames. Only then are its catalog rows built, so a row
+never points to a file that a crash could lose.
+
+The PNG carries its provenance in tEXt chunks (iTXt when a value is not Latin-1): prompt,
+negative prompt, seed, model source and revision, scheduler and its resolved config, steps,
+guidance, size, fingerprint, diffspec version. The encoding is deterministic: same pixels,
+same bytes (no timestamps, fixed compression level).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from diffspec.atomic import atomic_write, fsync_dir
+from diffspec.errors import DiffspecError
+from diffspec.plan.unit import WorkUnit
+
+#: Set to a file path to make the writer append one line per image it writes (kill drills).
+WRITE_COUNTER_ENV = "DIFFSPEC_WRITE_COUNTER"
+PNG_COMPRESS_LEVEL = 6
+
+
+def diffspec_version() -> str:
+    try:
+        from diffspec import __version__
+
+        return __version__
+    except ImportError:  # pragma: no cover
+        return "unknown"
+
+
+def check_inside(root: Path, relpath: str) -> Path:
+    """``root / relpath`` resolved, refusing anything that escapes ``root``."""
+    root = Path(root).resolve()
+    target = (root / relpath).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise DiffspecError(f"refusing to write {relpath!r}: it resolves to {target}, outside the output root {root}")
+    return target
+
+
+def png_metadata(unit: WorkUnit, scheduler_config: dict[str, Any] | None) -> dict[str, str]:
+    key = unit.key
+    meta = {
+        "prompt": unit.prompt,
+        "negative_prompt": unit.negative,
+        "seed": str(unit.seed),
+        "model_source": key.model.source,
+        "model_revision": key.model.revision or "",
+        "mode": key.mode,
+        "scheduler": key.scheduler,
+        "scheduler_config": json.dumps(scheduler_config or {}, sort_keys=True, separators=(",", ":")),
+        "steps": str(key.steps),
+        "guidance": repr(float(key.guidance)),
+        "width": str(key.width),
+        "height": str(key.height),
+        "fingerprint": unit.fingerprint,
+        "diffspec_version": diffspec_version(),
+    }
+    if key.mode in ("img2img", "inpaint") and key.strength is not None:
+        meta["strength"] = repr(float(key.strength))
+    if unit.input_hash:
+        meta["input_hash"] = unit.input_hash
+    return meta
+
+
+def encode_png(image: Any, meta: dict[str, str]) -> bytes:
+    """PNG bytes of a PIL image with ``meta`` as text chunks. Deterministic."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for name, value in meta.items():
+        try:
+            value.encode("latin-1")
+            info.add_text(name, value)
+        except UnicodeEncodeError:
+            info.add_itxt(name, value)
+    if image.mode not in ("RGB", "RGBA", "L"):
+        image = image.convert("RGB")
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Written:
+    unit: WorkUnit
+    path: str  # relative to the output root
+    sha256: str
+    bytes: int
+
+
+class ImageWriter:
+    """Writes images of one run under one output root and builds their catalog rows."""
+
+    def __init__(self, output: Path, run_id: str, dataset: str, labels: dict[str, str], device: str) -> None:
+        self.output = Path(output)
+        self.root = self.output.resolve()
+        self.run_id = run_id
+        self.dataset = dataset
+        self.labels = labels
+        self.device = device
+        self._counter = os.environ.get(WRITE_COUNTER_ENV)
+
+    def _count(self, units: Sequence[WorkUnit]) -> None:
+        if not self._counter:
+            return
+        # Counted before writing, so a kill between the two over-counts, never under-counts.
+        fd = os.open(self._counter, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, "".join(f"{u.fingerprint}\n" for u in units).encode())
+        finally:
+            os.close(fd)
+
+    def write_files(self, items: Sequence[tuple[WorkUnit, Any]], scheduler_configs: dict[Any, dict[str, Any]]) -> list[Written]:
+        """Write (unit, PIL image) pairs; returns what was written, durable on return."""
+        self._count([u for u, _ in items])
+        written: list[Written] = []
+        folders: set[Path] = set()
+        for unit, image in items:
+            target = check_inside(self.root, unit.relpath)
+            data = encode_png(image, png_metadata(unit, scheduler_configs.get(unit.key)))
+
+            def write(fh: Any, data: bytes = data) -> None:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+            # fsync of the file inside `write`; the folder is fsynced once per batch below.
+            atomic_write(target, write, durable=False)
+            folders.add(target.parent)
+            written.append(Written(unit, unit.relpath, hashlib.sha256(data).hexdigest(), len(data)))
+        for folder in sorted(folders):
+            fsync_dir(folder)
+        return written
+
+    def rows(self, written: Sequence[Written], seconds: dict[str, float], batch_sizes: dict[str, int],
+             scheduler_configs: dict[Any, dict[str, Any]], dtype: str | None = None) -> list[dict[str, Any]]:
+        now = datetime.now(timezone.utc)
+        out = []
+        for w in written:
+            u = w.unit
+            k = u.key
+            out.append({
+                "fingerprint": u.fingerprint,
+                "dataset": self.dataset,
+                "class_name": u.class_name,
+                "classes": list(u.classes or (u.class_name,)),
+                "label": self.labels.get(u.class_name, u.class_name),
+                "unit_index": u.index,
+                "seed": u.seed,
+                "prompt": u.prompt,
+                "negative_prompt": u.negative,
+                "model_name": k.model.name,
+                "model_source": k.model.source,
+                "model_revision": k.model.revision,
+                "family": k.model.family,
+                "dtype": dtype or k.model.dtype,
+                "mode": k.mode,
+                "scheduler": k.scheduler,
+                "scheduler_config": json.dumps(scheduler_configs.get(k) or {}, sort_keys=True),
+                "width": k.width,
+                "height": k.height,
+                "steps": k.steps,
+                "guidance": float(k.guidance),
+                "strength": k.strength,
+                "input_image": u.input_image,
+                "input_hash": u.input_hash,
+                "mask_hash": u.mask_hash,
+                "path": w.path,
+                "sha256": w.sha256,
+                "bytes": w.bytes,
+                "run_id": self.run_id,
+                "created_at": now,
+                "seconds": float(seconds.get(u.fingerprint, 0.0)),
+                "batch_size": int(batch_sizes.get(u.fingerprint, 1)),
+                "device": self.device,
+                "canonical": u.canonical(),
+            })
+        return out
