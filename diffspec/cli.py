@@ -64,6 +64,14 @@ def _run(fn: Any) -> Any:
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
+    except (typer.Exit, SystemExit):
+        raise
+    except Exception as exc:  # a bug in diffspec, not the user's input: say so plainly
+        if _state["debug"]:
+            raise
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+                  "This is a bug in diffspec. Rerun with --debug for the traceback and report it.", highlight=False)
+        raise typer.Exit(1) from None
 
 
 @app.callback()

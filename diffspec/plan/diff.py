@@ -225,6 +225,9 @@ def build_plan(loaded: LoadedSpec, catalog: Catalog | None = None) -> Plan:
     for left, count in sorted(removal_counts.items()):
         classes.append(ClassPlan(left, left, "-", "-", "-", (0, 0), 0, 0, 0, 0, count, 0, 0, 0.0, "-",
                                  MemoryPlan("cpu", 0, 0, 0, "none", 1, True, "-")))
+    # Show classes in the order the spec lists them (ownership above follows names, not this).
+    order = {name: i for i, name in enumerate(loaded.classes)}
+    classes.sort(key=lambda c: order.get(c.name, len(order)))
     return Plan(
         dataset=loaded.spec.dataset,
         spec_path=str(loaded.path),

@@ -65,6 +65,11 @@ def _free_memory() -> None:
         pass
 
 
+def _dtype_of(backend: Any) -> str | None:
+    dtype = getattr(backend, "dtype", None) or getattr(getattr(backend, "pipe", None), "dtype", None)
+    return str(dtype).removeprefix("torch.") if dtype is not None else None
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}"[:500]
@@ -136,7 +141,7 @@ class BatchRunner:
             out.events.append(event("load_failed", message, worker=self.worker, device=self.device))
             out.failures = [(u.fingerprint, message) for u in batch.units]
             return out
-        out.dtype = str(getattr(backend, "dtype", None) or "") or None
+        out.dtype = _dtype_of(backend)
         key = batch.key
         cap = min(self.caps.get(key, len(batch.units)), len(batch.units))
         todo: deque[tuple[WorkUnit, ...]] = deque(
@@ -197,6 +202,6 @@ class BatchRunner:
                 out.items.append((unit, g.image))
                 out.seconds[unit.fingerprint] = float(g.seconds)
                 out.batch_sizes[unit.fingerprint] = len(chunk)
-        for unit, _ in out.items[:1]:
-            out.scheduler_configs[unit.key] = self.scheduler_config(unit.key)
+        if out.items:
+            out.scheduler_configs[key] = self.scheduler_config(key)
         return out

@@ -60,7 +60,7 @@ class Positions:
     def graft(self, other: Positions, source: PathT, target: PathT) -> None:
         """Copy positions of `other` under `source` to `target` in this index (profile merges)."""
         n = len(source)
-        for path, place in other.places.items():
+        for path, place in list(other.places.items()):
             if path[:n] == source:
                 self.places[target + path[n:]] = place
                 if other.file != self.file:

@@ -1,0 +1,391 @@
+"""`apply`: execute a plan's create set, resumable, recorded in the catalog batch by batch.
+
+Steps (SQLMesh's plan/apply, with ``add_interval`` per batch):
+
+1. take the output lock (one apply per output root; a dead run's flock is gone with it);
+2. clean what killed runs left: temp files under ``images/`` and ``catalog/``, and the small
+   catalog parts of runs that never compacted;
+3. re-check the catalog: units recorded since the plan was made are skipped, so a plan (or a
+   plan file) run twice makes only what is missing;
+4. record a ``runs`` row (phase ``started``) with the spec hash, devices, versions, counts;
+5. run the batches on the executor; every finished batch's rows are appended as one part
+   after its files are durable;
+6. record the end (``finished`` / ``interrupted`` / ``failed``) with counts and a JSON log of
+   what the run did (OOM retries, strategy escalations, worker restarts, failed units);
+7. compact this run's image parts into one; with ``prune=True`` tombstone and delete what the
+   plan removes (apply never deletes without being asked).
+
+Ctrl-C (SIGINT) or SIGTERM stops after the in-flight batches and records the run as
+interrupted; a second Ctrl-C aborts at once (what was recorded stays recorded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from diffspec.atomic import remove_leftovers
+from diffspec.catalog.lock import OutputLock
+from diffspec.catalog.store import Catalog, new_run_id
+from diffspec.errors import DiffspecError
+from diffspec.plan.diff import Plan
+from diffspec.plan.unit import WorkUnit
+from diffspec.run.batching import plan_batches
+from diffspec.run.executor import (
+    LocalExecutor,
+    Outcome,
+    ProcessExecutor,
+    WriterSettings,
+    make_executor,
+    resolve_devices,
+    threads_per_worker,
+)
+from diffspec.run.runner import event
+from diffspec.run.writer import ImageWriter, check_inside
+from diffspec.spec.loader import LoadedSpec
+
+VERSIONED_PACKAGES = ("diffspec", "torch", "diffusers", "transformers", "accelerate")
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    run_id: str
+    planned: int  # units the plan asked to create
+    made: int  # images written and recorded by this run
+    skipped: int  # already recorded when the run started
+    failed: int  # units that could not be made
+    interrupted: bool
+    seconds: float
+    images_per_second: float
+    removed: int  # images pruned (apply --prune)
+    log: tuple[str, ...] = ()
+    spec_path: str = ""
+    output: str = ""
+    devices: tuple[str, ...] = ()
+    phase: str = "finished"
+    failures: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (fingerprint, why), first 100
+    per_class: dict[str, int] = field(default_factory=dict)  # made per class
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.planned - self.skipped - self.made - self.failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "phase": self.phase,
+            "spec": self.spec_path,
+            "output": self.output,
+            "planned": self.planned,
+            "made": self.made,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "remaining": self.remaining,
+            "interrupted": self.interrupted,
+            "removed": self.removed,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 3),
+            "devices": list(self.devices),
+            "made_per_class": dict(sorted(self.per_class.items())),
+            "failures": [{"fingerprint": fp, "error": why} for fp, why in self.failures],
+            "log": list(self.log),
+        }
+
+
+def package_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+class Recorder:
+    """Appends rows to the catalog, one part per batch, each fingerprint once per run."""
+
+    def __init__(self, catalog: Catalog, run_id: str) -> None:
+        self.catalog = catalog
+        self.run_id = run_id
+        self.seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, rows: list[dict[str, Any]]) -> int:
+        with self._lock:
+            fresh = [r for r in rows if r["fingerprint"] not in self.seen]
+            if fresh:
+                self.catalog.append_images(fresh, self.run_id)
+                self.seen.update(r["fingerprint"] for r in fresh)
+            return len(fresh)
+
+
+def tidy_catalog(catalog: Catalog, current_run: str) -> list[str]:
+    """Finish what killed runs left in the images table: compact runs that never did, and
+    delete small parts a compaction had already merged (readers dedup either way; this keeps
+    the part count small and every fingerprint in one row)."""
+    import pyarrow.parquet as pq
+
+    notes = []
+    by_run: dict[str, list[Path]] = {}
+    for part in catalog.parts("images"):
+        name = part.name.removeprefix("part-")
+        run = "-".join(name.split("-")[:2])  # run ids are <utc stamp>-<hex>
+        if run != current_run:
+            by_run.setdefault(run, []).append(part)
+    for run, parts in by_run.items():
+        merged = [p for p in parts if p.name.endswith("-all.parquet")]
+        small = [p for p in parts if not p.name.endswith("-all.parquet")]
+        if not small:
+            continue
+        if merged:
+            have: set[str] = set()
+            for p in merged:
+                have.update(pq.read_table(p, columns=["fingerprint"]).column("fingerprint").to_pylist())
+            redundant = [p for p in small if set(pq.read_table(p, columns=["fingerprint"]).column("fingerprint").to_pylist()) <= have]
+            for p in redundant:
+                p.unlink(missing_ok=True)
+            if redundant:
+                notes.append(f"removed {len(redundant)} catalog parts of run {run} already merged by its compaction")
+        elif len(small) > 1:
+            catalog.compact("images", run)
+            notes.append(f"compacted {len(small)} catalog parts of interrupted run {run}")
+    return notes
+
+
+class _Signals:
+    """SIGINT/SIGTERM set a stop flag (finish in-flight batches); a second SIGINT aborts."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop.set()
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _run_row(plan: Plan, run_id: str, phase: str, started: datetime, *, executor: str, devices: list[str],
+             workers: int, planned: int, made: int = 0, skipped: int = 0, failed: int = 0,
+             log: list[dict[str, Any]] | None = None, versions: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "phase": phase,
+        "dataset": plan.dataset,
+        "spec_path": plan.spec_path,
+        "spec_hash": plan.spec_hash,
+        "profile": plan.profile,
+        "started_at": started,
+        "ended_at": None if phase == "started" else datetime.now(timezone.utc),
+        "executor": executor,
+        "devices": json.dumps(devices),
+        "workers": workers,
+        "versions": json.dumps(versions or {}, sort_keys=True),
+        "planned": planned,
+        "made": made,
+        "skipped": skipped,
+        "failed": failed,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "log": json.dumps(log or [], ensure_ascii=False),
+    }
+
+
+def apply_plan(plan: Plan, loaded: LoadedSpec, *, prune: bool = False, executor: str = "local",
+               workers: int | None = None, progress: bool = True, console: Any = None,
+               max_units: int | None = None, backend_factory: Any = None) -> ApplyResult:
+    """Make the plan's create set. See the module docstring for the steps.
+
+    ``backend_factory`` replaces :class:`diffspec.generate.backend.Backend` (same call
+    signature; picklable for worker processes): for tests that inject failures.
+    """
+    make_executor(executor)
+    output = Path(plan.output)
+    if Path(loaded.output).resolve() != output.resolve():
+        raise DiffspecError(f"the plan writes to {output} but the spec's output is {loaded.output}")
+    run_id = new_run_id()
+    t0 = time.perf_counter()
+    started = datetime.now(timezone.utc)
+    lock = OutputLock(output, run_id).acquire()
+    try:
+        return _apply_locked(plan, loaded, run_id, t0, started, prune=prune, executor=executor, workers=workers,
+                             progress=progress, console=console, max_units=max_units, backend_factory=backend_factory,
+                             stale_lock=lock.was_stale)
+    finally:
+        lock.release()
+
+
+def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, started: datetime, *, prune: bool,
+                  executor: str, workers: int | None, progress: bool, console: Any, max_units: int | None,
+                  backend_factory: Any, stale_lock: bool) -> ApplyResult:
+    from diffspec.run.render import RunProgress
+
+    output = Path(plan.output)
+    catalog = Catalog(output)
+    log: list[dict[str, Any]] = []
+    if stale_lock:
+        log.append(event("stale_lock", "the previous run on this output did not end cleanly; its lock was released by its death"))
+    leftovers = remove_leftovers(output / "images") + catalog.clean_leftovers()
+    if leftovers:
+        log.append(event("leftovers", f"removed {leftovers} temp files of killed runs", count=leftovers))
+    for note in tidy_catalog(catalog, run_id):
+        log.append(event("catalog_tidy", note))
+
+    # Re-check the catalog: what got recorded since the plan was made is skipped.
+    units: list[WorkUnit] = list(plan.units_to_create())
+    planned = len(units)
+    existing = set(catalog.index().fingerprints) if catalog.exists() else set()
+    todo = [u for u in units if u.fingerprint not in existing]
+    skipped = planned - len(todo)
+    if max_units is not None:
+        todo = todo[:max(0, int(max_units))]
+    for cls in sorted({u.class_name for u in todo}):
+        check_inside(output, f"images/{cls}/x.png")
+
+    budget = loaded.spec.budget
+    devices = resolve_devices(budget.devices, workers or budget.workers) if todo else ["cpu"]
+    device_kind = "cuda" if devices[0].startswith("cuda") else "cpu"
+    batches = plan_batches(todo, budget, device_kind)
+    labels = {name: units_.label for name, units_ in plan.units.items()}
+    versions = package_versions()
+    n_workers = len(devices)
+    exec_name = "local" if n_workers == 1 else "processes"
+    catalog.append_run(_run_row(plan, run_id, "started", started, executor=exec_name, devices=devices,
+                                workers=n_workers, planned=planned, skipped=skipped, versions=versions))
+    if n_workers > 1:
+        log.append(event("workers", f"{n_workers} worker processes on {', '.join(sorted(set(devices)))}"
+                         + (f", {threads_per_worker(devices)} torch threads each" if threads_per_worker(devices) else ""),
+                         devices=devices))
+
+    recorder = Recorder(catalog, run_id)
+    if n_workers == 1:
+        writer = ImageWriter(output, run_id, plan.dataset, labels, devices[0])
+        runner: Any = LocalExecutor(batches, devices[0], writer, recorder, backend_factory)
+    else:
+        runner = ProcessExecutor(batches, devices, WriterSettings(str(output), run_id, plan.dataset, labels), backend_factory)
+
+    made = 0
+    failures: list[tuple[str, str]] = []
+    per_class: Counter[str] = Counter()
+    interrupted = False
+    error: BaseException | None = None
+    class_totals = Counter(u.class_name for u in todo)
+    view = RunProgress(console, class_totals, enabled=progress and bool(todo))
+    try:
+        with _Signals() as signals, view:
+            runner.start()
+            while True:
+                if signals.stop.is_set() and not interrupted:
+                    interrupted = True
+                    runner.request_stop()
+                    view.note("stopping after the batches in flight (Ctrl-C again to abort)")
+                outcomes = runner.poll(0.2)
+                if outcomes is None:
+                    break
+                for outcome in outcomes:
+                    made_now = _take(outcome, recorder, log, failures, per_class, view)
+                    made += made_now
+    except BaseException as exc:  # KeyboardInterrupt (second Ctrl-C), a bug, a full disk
+        error = exc
+        interrupted = isinstance(exc, KeyboardInterrupt)
+    finally:
+        try:
+            runner.close()
+        except BaseException:
+            pass
+    # Temp files of dead workers; nobody else writes here (we hold the lock).
+    remove_leftovers(output / "images")
+    if interrupted and len(recorder.seen) + len(failures) >= len(todo):
+        interrupted = False  # the stop came after the last batch: nothing is missing
+    failed = len(failures)
+    if error is not None and not isinstance(error, KeyboardInterrupt):
+        phase = "failed"
+        log.append(event("error", f"{type(error).__name__}: {error}"))
+    elif interrupted:
+        phase = "interrupted"
+        log.append(event("interrupted", f"stopped by the user with {len(todo) - made - failed} units left"))
+    else:
+        phase = "failed" if failed else "finished"
+
+    removed = 0
+    if prune and error is None and not interrupted and plan.removals:
+        from diffspec.run.prune import prune_locked
+
+        pruned = prune_locked(plan, catalog, run_id)
+        removed = pruned.count
+        log.append(event("prune", f"removed {pruned.count} images ({pruned.bytes} bytes)", count=pruned.count))
+    seconds = time.perf_counter() - t0
+    catalog.append_run(_run_row(plan, run_id, phase, started, executor=exec_name, devices=devices, workers=n_workers,
+                                planned=planned, made=made, skipped=skipped, failed=failed, log=log, versions=versions))
+    try:
+        catalog.compact("images", run_id)
+        catalog.compact("runs", run_id)
+    except Exception as exc:  # compaction is an optimisation; readers cope with many parts
+        log.append(event("compact_failed", f"{type(exc).__name__}: {exc}"))
+    if error is not None and not isinstance(error, KeyboardInterrupt):
+        raise error
+    return ApplyResult(
+        run_id=run_id,
+        planned=planned,
+        made=made,
+        skipped=skipped,
+        failed=failed,
+        interrupted=interrupted,
+        seconds=seconds,
+        images_per_second=made / seconds if seconds > 0 else 0.0,
+        removed=removed,
+        log=tuple(e["message"] for e in log),
+        spec_path=plan.spec_path,
+        output=str(output),
+        devices=tuple(devices),
+        phase=phase,
+        failures=tuple(failures[:100]),
+        per_class=dict(per_class),
+    )
+
+
+def _take(outcome: Outcome, recorder: Recorder, log: list[dict[str, Any]], failures: list[tuple[str, str]],
+          per_class: Counter[str], view: Any) -> int:
+    """Record one outcome (if its executor did not already); returns images made."""
+    made = 0
+    if outcome.rows:
+        if outcome.recorded:
+            made = len(outcome.rows)
+            rows = outcome.rows
+        else:
+            fresh = {r["fingerprint"] for r in outcome.rows if r["fingerprint"] not in recorder.seen}
+            made = recorder(outcome.rows)
+            rows = [r for r in outcome.rows if r["fingerprint"] in fresh]
+        counts = Counter(r["class_name"] for r in rows)
+        per_class.update(counts)
+        view.advance(counts)
+    for e in outcome.events:
+        log.append(e)
+        if e["event"] in ("oom_retry", "strategy_escalation", "worker_died", "worker_restart", "batch_failed", "load_failed", "worker_error"):
+            view.note(e["message"])
+    if outcome.failures:
+        failures.extend(outcome.failures)
+        view.fail(len(outcome.failures))
+    return made

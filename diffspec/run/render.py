@@ -1,0 +1,107 @@
+"""What `apply` shows: a rich progress bar per class and overall (images/s, ETA) and a summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from diffspec.plan.render import format_duration
+
+
+class RunProgress:
+    """Progress bars for a run; a no-op when disabled (``-q``, ``--json``)."""
+
+    def __init__(self, console: Any, class_totals: Counter[str], enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.class_totals = class_totals
+        self.console = console
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+        self._overall: Any = None
+        self._failed = 0
+
+    def __enter__(self) -> RunProgress:
+        if not self.enabled:
+            return self
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        console = self.console or Console(stderr=True)
+        self._progress = Progress(
+            TextColumn("[bold]{task.description:<20}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+            refresh_per_second=4,
+            speed_estimate_period=60,
+        )
+        self._progress.__enter__()
+        total = sum(self.class_totals.values())
+        self._overall = self._progress.add_task("all", total=total, rate="")
+        if len(self.class_totals) > 1:
+            for name in sorted(self.class_totals):
+                self._tasks[name] = self._progress.add_task(f"  {name}", total=self.class_totals[name], rate="")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+            self._progress = None
+
+    def advance(self, counts: Counter[str]) -> None:
+        if self._progress is None:
+            return
+        for name, n in counts.items():
+            if name in self._tasks:
+                self._progress.advance(self._tasks[name], n)
+        self._progress.advance(self._overall, sum(counts.values()))
+        task = self._progress.tasks[self._overall]
+        speed = task.finished_speed or task.speed
+        self._progress.update(self._overall, rate=f"{speed:.2f} img/s" if speed else "")
+
+    def fail(self, n: int) -> None:
+        self._failed += n
+        if self._progress is not None:
+            self._progress.update(self._overall, description=f"all ({self._failed} failed)")
+
+    def note(self, message: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(f"[yellow]{message}[/]", highlight=False)
+
+
+def render_summary(result: Any, console: Any) -> None:
+    """The end-of-run summary: made, skipped, failed, time, images/s; how to resume."""
+    r = result
+    colour = "red" if r.failed else ("yellow" if r.interrupted else "green")
+    head = {"finished": "done", "interrupted": "interrupted", "failed": "finished with failures"}.get(r.phase, r.phase)
+    console.print(
+        f"[bold {colour}]{head}[/]: made {r.made}, skipped {r.skipped} (already there), failed {r.failed}"
+        + (f", removed {r.removed}" if r.removed else "")
+        + f" in {format_duration(r.seconds)} ({r.images_per_second:.2f} images/s)  [dim]run {r.run_id}[/]",
+        highlight=False,
+    )
+    for fp, why in r.failures[:5]:
+        console.print(f"  [red]failed[/] {fp[:12]}: {why}", highlight=False, markup=True)
+    if r.failed > 5:
+        console.print(f"  ... and {r.failed - 5} more (see `diffspec query \"SELECT log FROM runs WHERE run_id = '{r.run_id}'\"`)",
+                      highlight=False, markup=False)
+    if r.interrupted or r.failed:
+        remaining = r.remaining + r.failed
+        console.print(f"{remaining} image{'s' if remaining != 1 else ''} still to make; resume with "
+                      f"`diffspec apply {r.spec_path}` (what is recorded is kept).", highlight=False, markup=False)
+    elif r.made == 0 and r.planned == r.skipped:
+        console.print("nothing to do: every planned image is already in the catalog.", highlight=False)
