@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from diffspec.errors import DiffspecError, SpecError
 
@@ -46,13 +47,14 @@ class QueryFormat(str, Enum):
 def _fail(exc: BaseException) -> None:
     if _state["debug"]:
         raise exc
+    # Messages are plain text: escape them, or rich would take e.g. "[at defaults.steps]" for markup.
     if isinstance(exc, SpecError):
-        err.print(f"[bold red]error:[/] {exc.problems[0] if len(exc.problems) == 1 else ''}".rstrip(), highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc.problems[0])) if len(exc.problems) == 1 else ''}".rstrip(), highlight=False)
         if len(exc.problems) > 1:
             for problem in exc.problems:
                 err.print(f"  {problem}", highlight=False, markup=False)
     else:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
     raise typer.Exit(1)
 
 
@@ -69,7 +71,7 @@ def _run(fn: Any) -> Any:
     except Exception as exc:  # a bug in diffspec, not the user's input: say so plainly
         if _state["debug"]:
             raise
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
                   "This is a bug in diffspec. Rerun with --debug for the traceback and report it.", highlight=False)
         raise typer.Exit(1) from None
 
@@ -106,7 +108,7 @@ def validate(
     else:
         for r in results:
             if r.ok:
-                out.print(f"[green]ok[/] {r.path}", highlight=False)
+                out.print(f"[green]ok[/] {escape(str(r.path))}", highlight=False)
             else:
                 for problem in r.error.problems:  # type: ignore[union-attr]
                     err.print(str(problem), highlight=False, markup=False)
@@ -142,7 +144,7 @@ def plan(
     else:
         render_table(the_plan, out)
         if out_file is not None:
-            out.print(f"Saved to {out_file}; run it with `diffspec apply {out_file}`.", highlight=False)
+            out.print(f"Saved to {out_file}; run it with `diffspec apply {out_file}`.", highlight=False, markup=False)
     if detailed_exitcode and the_plan.has_changes:
         raise typer.Exit(2)
 

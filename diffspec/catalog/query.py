@@ -73,7 +73,10 @@ def run_query(catalog: Catalog, sql: str) -> pa.Table:
         if kinds[0] not in _ALLOWED:
             raise CatalogError(f"`diffspec query` is read-only: {kinds[0]} statements are not allowed (use SELECT)")
         try:
-            return con.execute(sql).fetch_arrow_table()
+            result = con.execute(sql)
+            # duckdb < 1.4: fetch_arrow_table; duckdb 2.x renamed it to_arrow_table
+            fetch = getattr(result, "fetch_arrow_table", None) or result.to_arrow_table
+            return fetch()
         except duckdb.Error as exc:
             raise CatalogError(f"query failed: {exc}") from None
     finally:

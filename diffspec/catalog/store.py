@@ -159,17 +159,37 @@ class Catalog:
     def removed_fingerprints(self) -> set[str]:
         return set(self.read_table("removed", ["fingerprint"]).column("fingerprint").to_pylist())
 
-    def index(self) -> CatalogIndex:
-        """Live images (first row per fingerprint, tombstones dropped), as Arrow columns."""
+    def _drop_tombstoned(self, table: pa.Table, removed: pa.Table) -> pa.Table:
+        """Drop rows a tombstone removed: those created before their fingerprint's latest
+        tombstone. An image made again after it was removed (a target lowered, gc'd, raised
+        back) is live again; without this it would be re-made by every apply."""
         import pyarrow.compute as pc
 
+        last: dict[str, Any] = {}
+        for fp, at in zip(removed.column("fingerprint").to_pylist(), removed.column("removed_at").to_pylist()):
+            if fp not in last or (at is not None and (last[fp] is None or at > last[fp])):
+                last[fp] = at
+        hit = pc.is_in(table.column("fingerprint"), value_set=pa.array(list(last), pa.string()))
+        rows = pc.indices_nonzero(hit).to_pylist()
+        if not rows:
+            return table
+        fps = table.column("fingerprint").take(pa.array(rows, pa.int64())).to_pylist()
+        created = table.column("created_at").take(pa.array(rows, pa.int64())).to_pylist()
+        dead = {i for i, fp, at in zip(rows, fps, created) if at is None or last[fp] is None or at <= last[fp]}
+        if not dead:
+            return table
+        return table.take(pa.array([i for i in range(table.num_rows) if i not in dead], pa.int64()))
+
+    def index(self) -> CatalogIndex:
+        """Live images (first row per fingerprint, tombstones dropped), as Arrow columns."""
         state = self.state()
-        table = self.read_table("images", ["fingerprint", "class_name"])
-        removed = self.read_table("removed", ["fingerprint"]).column("fingerprint")
-        fps = table.column("fingerprint")
+        removed = self.read_table("removed", ["fingerprint", "removed_at"])
         if len(removed):
-            table = table.filter(pc.invert(pc.is_in(fps, value_set=removed.combine_chunks())))
-            fps = table.column("fingerprint")
+            table = self.read_table("images", ["fingerprint", "class_name", "created_at"])
+            table = self._drop_tombstoned(table, removed).select(["fingerprint", "class_name"])
+        else:
+            table = self.read_table("images", ["fingerprint", "class_name"])
+        fps = table.column("fingerprint")
         fp_list = fps.to_pylist()
         fp_set = set(fp_list)
         if len(fp_set) != len(fp_list):
@@ -182,14 +202,19 @@ class Catalog:
 
     def live_images(self, columns: list[str] | None = None) -> pa.Table:
         """The images table, deduplicated and without tombstoned rows."""
-        table = self.read_table("images", columns)
-        if table.num_rows == 0:
+        removed = self.read_table("removed", ["fingerprint", "removed_at"])
+        extra = [c for c in ("fingerprint", "created_at") if columns is not None and c not in columns] if len(removed) else []
+        table = self.read_table("images", columns + extra if columns is not None else None)
+        if table.num_rows == 0 or "fingerprint" not in table.column_names:
             return table
-        fps = table.column("fingerprint").to_pylist() if "fingerprint" in table.column_names else None
-        if fps is None:
-            return table
-        removed = self.removed_fingerprints()
-        seen: set[str] = set(removed)
+        if len(removed):
+            table = self._drop_tombstoned(table, removed)
+            if extra:
+                table = table.select(columns)
+            if table.num_rows == 0 or "fingerprint" not in table.column_names:
+                return table
+        fps = table.column("fingerprint").to_pylist()
+        seen: set[str] = set()
         keep = []
         for i, fp in enumerate(fps):
             if fp not in seen:

@@ -35,6 +35,7 @@ from diffspec.generate.families import (
     KANDINSKY_PRIOR_GUIDANCE,
     KANDINSKY_PRIOR_STEPS,
     PROMPT_WEIGHTING_FAMILIES,
+    check_size,
     supports_negative_prompt,
     supports_prompt_weighting,
 )
@@ -46,7 +47,7 @@ from diffspec.plan.unit import ModelRef, PipelineKey, WorkUnit
 
 log = logging.getLogger(__name__)
 
-LoadKey = tuple[ModelRef, str, "str | None"]
+LoadKey = tuple[ModelRef, str]
 
 
 @dataclass(frozen=True)
@@ -61,15 +62,15 @@ def _as_key(value: PipelineKey | WorkUnit | tuple) -> PipelineKey:
         return value.key
     if isinstance(value, PipelineKey):
         return value
-    if isinstance(value, tuple) and len(value) == 3 and isinstance(value[0], ModelRef):
-        model, mode, control = value
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], ModelRef):
+        model, mode = value
         return PipelineKey(model=model, mode=mode, scheduler="default", scheduler_kwargs=(),
-                           width=0, height=0, steps=1, guidance=0.0, control=control)
+                           width=0, height=0, steps=1, guidance=0.0)
     raise TypeError(f"Backend needs a PipelineKey, a WorkUnit or a load key tuple, got {type(value).__name__}")
 
 
 class Backend:
-    """A pipeline loaded once for one (model, mode, control), driven by work units."""
+    """A pipeline loaded once for one (model, mode), driven by work units (control images per call)."""
 
     def __init__(
         self,
@@ -81,7 +82,6 @@ class Backend:
         key = _as_key(load_key_unit_or_key)
         self.model: ModelRef = key.model
         self.mode: str = key.mode
-        self.control: str | None = key.control
         self.load_key: LoadKey = key.load_key()
         self.device = device
         self.family = "builtin" if key.model.source.startswith("builtin:") else resolve_family(key.model)
@@ -107,11 +107,12 @@ class Backend:
                 raise ValueError("Backend.generate: all units of a call must share one PipelineKey")
         if key.load_key() != self.load_key:
             raise ValueError(
-                "Backend.generate: these units need another model/mode/control than this backend "
+                "Backend.generate: these units need another model/mode than this backend "
                 f"loaded ({key.model.name}, {key.mode}); make another Backend"
             )
         if self.pipe is None:
             raise GenerationError("this backend was closed")
+        check_size(self.family, key.width, key.height)
         self._use_scheduler(key)
         generators = [torch.Generator(device="cpu").manual_seed(int(u.seed)) for u in units]
         start = time.perf_counter()
@@ -131,6 +132,12 @@ class Backend:
         elapsed = time.perf_counter() - start
         if len(images) != len(units):
             raise GenerationError(f"the pipeline returned {len(images)} images for {len(units)} units")
+        for image in images:
+            if image.size != (key.width, key.height):  # never hand back a silently resized image
+                raise GenerationError(
+                    f"{type(self.pipe).__name__} made a {image.size[0]}x{image.size[1]} image for a "
+                    f"{key.width}x{key.height} request (model {self.model.name!r})"
+                )
         per_image = elapsed / len(units)
         return [
             GeneratedImage(unit.fingerprint, image if image.mode == "RGB" else image.convert("RGB"), per_image)

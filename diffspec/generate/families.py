@@ -87,6 +87,10 @@ PROMPT_WEIGHTING_FAMILIES: frozenset[str] = frozenset({"sd", "sdxl"})
 #: Families that use no negative prompt (FLUX is guidance-distilled).
 NO_NEGATIVE_FAMILIES: frozenset[str] = frozenset({"flux"})
 
+#: Image width and height must be multiples of this (VAE downsampling x patch size of the
+#: real checkpoints; Kandinsky's MoVQ needs 64). Pipelines would otherwise round silently.
+SIZE_MULTIPLE: dict[str, int] = {"sd": 8, "sdxl": 8, "sd3": 16, "flux": 16, "kandinsky": 64, "builtin": 1}
+
 #: Kandinsky 2.2 prior settings: diffusers' combined-pipeline defaults.
 KANDINSKY_PRIOR_STEPS = 25
 KANDINSKY_PRIOR_GUIDANCE = 4.0
@@ -248,6 +252,21 @@ def check_scheduler_name(family: str, name: str) -> None:
         raise GenerationError(
             f"scheduler {name!r} cannot drive {family} models ({family} is {kind} model family); "
             f"compatible schedulers: {', '.join(allowed)}"
+        )
+
+
+def check_size(family: str, width: int, height: int) -> None:
+    """GenerationError when (width, height) is not a size the family's pipelines make exactly."""
+    _check_family(family)
+    multiple = SIZE_MULTIPLE[family]
+    if width % multiple or height % multiple:
+        def near(v: int) -> str:
+            low = max(multiple, v - v % multiple)
+            return f"{low}" if low == v else f"{low} or {low + multiple}"
+
+        raise GenerationError(
+            f"size {width}x{height} is not possible for {family} models: width and height must be "
+            f"multiples of {multiple} (try {near(width)} x {near(height)})"
         )
 
 

@@ -13,10 +13,12 @@ post-generation stage (``stages.filters``). Loading logs that it is off.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -81,7 +83,10 @@ def _load_error(what: str, source: str, exc: BaseException, hub: bool) -> Genera
         reason = reason[:1200] + " ..."
     hints = []
     if "safetensors" in reason.lower():
-        hints.append("if the repository has only pickle (.bin) weights, set `use_safetensors: false` (only for weights you trust)")
+        hints.append(
+            "if the repository has only pickle (.bin) weights, set `use_safetensors: false` "
+            "(only for weights you trust)"
+        )
     if hub and _is_offline_error(exc):
         head = (
             f"cannot load {what} {source!r}: the weights are not available offline (they are not in the "
@@ -90,6 +95,11 @@ def _load_error(what: str, source: str, exc: BaseException, hub: bool) -> Genera
         )
     else:
         head = f"cannot load {what} {source!r}"
+    if hub and "://" not in source and not Path(source).expanduser().exists():
+        hints.append(
+            f"if {source!r} is meant as a local folder, it does not exist (relative to {Path.cwd()}); "
+            "use an absolute path or ./relative/path"
+        )
     message = head + ". Reason: " + reason
     if hints:
         message += ". Hint: " + "; ".join(hints)
@@ -106,6 +116,15 @@ def _check_local_folder(source: str, family: str, what: str = "model") -> None:
             "(made with `save_pretrained`) or hub ids"
         )
     folder_family = family_from_folder(path)  # raises when model_index.json is missing/unknown
+    if folder_family == "kandinsky" and family == "kandinsky":
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+        if "prior_prior" not in index:
+            raise GenerationError(
+                f"{what} folder {source!r} holds a Kandinsky 2.2 decoder without its prior; diffspec "
+                "runs Kandinsky 2.2 through the combined pipelines: save a KandinskyV22CombinedPipeline "
+                "(decoder + prior) there, e.g. AutoPipelineForText2Image.from_pretrained("
+                "'kandinsky-community/kandinsky-2-2-decoder').save_pretrained(folder)"
+            )
     if folder_family != family:
         raise GenerationError(
             f"{what} folder {source!r} holds a {folder_family} pipeline but the model entry says "
@@ -113,8 +132,42 @@ def _check_local_folder(source: str, family: str, what: str = "model") -> None:
         )
 
 
+def _dtype_kwarg(torch_dtype: torch.dtype) -> dict[str, Any]:
+    """``dtype=`` for diffusers that renamed ``torch_dtype`` (0.36+), else ``torch_dtype=``."""
+    try:
+        from diffusers.utils import deprecation_utils
+
+        renamed = hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE")
+    except ImportError:  # pragma: no cover
+        renamed = False
+    return {"dtype": torch_dtype} if renamed else {"torch_dtype": torch_dtype}
+
+
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """No "Loading pipeline components" progress bars while loading (restored afterwards)."""
+    from diffusers.utils import logging as dlogging
+
+    try:
+        from transformers.utils import logging as tlogging
+    except ImportError:  # pragma: no cover
+        tlogging = None
+    was_diffusers = dlogging.is_progress_bar_enabled()
+    was_transformers = tlogging.is_progress_bar_enabled() if tlogging else False
+    dlogging.disable_progress_bar()
+    if tlogging:
+        tlogging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_diffusers:
+            dlogging.enable_progress_bar()
+        if tlogging and was_transformers:
+            tlogging.enable_progress_bar()
+
+
 def _from_pretrained_kwargs(model: ModelRef, torch_dtype: torch.dtype, hub: bool) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"torch_dtype": torch_dtype, "use_safetensors": model.use_safetensors}
+    kwargs: dict[str, Any] = {**_dtype_kwarg(torch_dtype), "use_safetensors": model.use_safetensors}
     if model.revision and hub:
         kwargs["revision"] = model.revision
     if model.variant:
@@ -138,7 +191,7 @@ def _load_builtin(key: PipelineKey, torch_dtype: torch.dtype) -> Any:
     except FileNotFoundError as exc:
         raise GenerationError(f"unknown or missing built-in model {key.model.source!r}: {exc}") from exc
     try:
-        return DigitsPipeline.from_pretrained(str(path), torch_dtype=torch_dtype, use_safetensors=True)
+        return DigitsPipeline.from_pretrained(str(path), **_dtype_kwarg(torch_dtype), use_safetensors=True)
     except Exception as exc:  # noqa: BLE001 - reported to the user with its reason
         raise _load_error("built-in model", key.model.source, exc, hub=False) from exc
 
@@ -160,7 +213,7 @@ def _load_controlnet(model: ModelRef, family: str, torch_dtype: torch.dtype) -> 
                 f"{cls.__name__} saved with `save_pretrained`)"
             )
     try:
-        return cls.from_pretrained(model.controlnet, torch_dtype=torch_dtype, use_safetensors=model.use_safetensors)
+        return cls.from_pretrained(model.controlnet, **_dtype_kwarg(torch_dtype), use_safetensors=model.use_safetensors)
     except Exception as exc:  # noqa: BLE001
         raise _load_error("ControlNet", model.controlnet, exc, hub=hub) from exc
 
@@ -213,7 +266,8 @@ def _load_embeddings(pipe: Any, model: ModelRef, family: str) -> None:
         except GenerationError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise _load_error("textual-inversion embedding", emb.source, exc, hub=not looks_like_path(emb.source)) from exc
+            hub = not looks_like_path(emb.source)
+            raise _load_error("textual-inversion embedding", emb.source, exc, hub=hub) from exc
 
 
 def _load_sdxl_embedding(pipe: Any, source: str, token: str | None, weight_name: str | None) -> None:
@@ -234,8 +288,12 @@ def _load_sdxl_embedding(pipe: Any, source: str, token: str | None, weight_name:
         raise GenerationError(
             f"SDXL textual inversion {source!r} must hold `clip_l` and `clip_g` tensors, found {sorted(state)}"
         )
-    pipe.load_textual_inversion(state["clip_l"], token=token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
-    pipe.load_textual_inversion(state["clip_g"], token=token, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
+    pipe.load_textual_inversion(
+        state["clip_l"], token=token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
+    )
+    pipe.load_textual_inversion(
+        state["clip_g"], token=token, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
+    )
 
 
 def load_pipeline(key: PipelineKey, device: str = "cpu", dtype: str | None = None, place: bool = True) -> Any:
@@ -245,6 +303,16 @@ def load_pipeline(key: PipelineKey, device: str = "cpu", dtype: str | None = Non
     With ``place`` the pipeline is moved to ``device``; the Backend passes ``place=False`` and
     places it through a memory strategy instead (which may offload rather than move).
     """
+    with quiet_progress():
+        pipe, family = _load(key, device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    if place:
+        pipe.to(device)
+    log.info("loaded %s (%s, %s) as %s in %s", key.model.source, family, key.mode, type(pipe).__name__, pipe.dtype)
+    return pipe
+
+
+def _load(key: PipelineKey, device: str, dtype: str | None) -> tuple[Any, str]:
     import diffusers
 
     model = key.model
@@ -282,8 +350,4 @@ def load_pipeline(key: PipelineKey, device: str = "cpu", dtype: str | None = Non
             raise _load_error("model", model.source, exc, hub=hub) from exc
         _load_loras(pipe, model)
         _load_embeddings(pipe, model, family)
-    pipe.set_progress_bar_config(disable=True)
-    if place:
-        pipe.to(device)
-    log.info("loaded %s (%s, %s) as %s in %s", model.source, family, key.mode, type(pipe).__name__, torch_dtype)
-    return pipe
+    return pipe, family

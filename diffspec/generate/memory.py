@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 STRATEGIES: tuple[str, ...] = ("none", "attention_slicing", "vae_tiling", "model_offload", "sequential_offload")
 
+FEATURES: tuple[str, ...] = ("attention_slicing", "vae_tiling", "vae_slicing", "model_offload", "sequential_offload")
+
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
 
 
@@ -108,7 +110,7 @@ def apply_strategy(pipe: Any, strategy: str, device: str) -> dict[str, bool]:
     level = STRATEGIES.index(strategy)
     on_cpu = torch.device(device).type == "cpu"
     _reset(pipe)
-    effect = dict.fromkeys(("attention_slicing", "vae_tiling", "vae_slicing", "model_offload", "sequential_offload"), False)
+    effect = dict.fromkeys(FEATURES, False)
 
     if level >= STRATEGIES.index("attention_slicing"):
         pipe.enable_attention_slicing()
@@ -124,7 +126,11 @@ def apply_strategy(pipe: Any, strategy: str, device: str) -> dict[str, bool]:
                     except NotImplementedError:
                         log.info("%s does not support %s", type(vae).__name__, feature)
     if level >= STRATEGIES.index("model_offload") and on_cpu:
-        log.info("memory strategy %s is a no-op on CPU (nothing to offload to); keeping %s", strategy, "vae_tiling")
+        log.info(
+            "memory strategy %s: offloading is a no-op on CPU (nothing to offload to); "
+            "attention slicing and VAE tiling stay on",
+            strategy,
+        )
         pipe.to(device)
     elif strategy == "model_offload":
         pipe.enable_model_cpu_offload(gpu_id=_gpu_id(device))

@@ -47,7 +47,9 @@ SCHEDULER_TABLE: dict[str, SchedulerEntry | None] = {
     "flow_euler": SchedulerEntry("FlowMatchEulerDiscreteScheduler", flow_matching=True),
 }
 
-_FLOW_CLASSES = frozenset({"FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "FlowMatchLCMScheduler"})
+_FLOW_CLASSES = frozenset(
+    {"FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "FlowMatchLCMScheduler"}
+)
 
 
 def scheduler_names() -> tuple[str, ...]:

@@ -159,6 +159,7 @@ def _vae(seed: int, latent_channels: int = 4, flux_like: bool = False):
         latent_channels=latent_channels,
         norm_num_groups=8,
         sample_size=64,
+        force_upcast=False,  # float32 on CPU anyway; avoids diffusers' fp16-upcast path
     )
     if flux_like:
         kwargs.update(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
@@ -526,13 +527,21 @@ def build_tiny(family: str, mode: str, folder: str | Path, seed: int = 0) -> Pat
     kandinsky. For ``controlnet`` a ControlNet is also saved to ``folder / "controlnet"``.
     Loading picks the pipeline class from (family, mode), as it does for user models.
     """
-    import diffusers
-
     if (family, mode) not in TINY_SUPPORTED:
         pipeline_class_name(family, mode)  # raises the user-facing error when unsupported
         raise GenerationError(f"build_tiny cannot build family {family!r} mode {mode!r}")
+    from diffspec.generate.loading import quiet_progress
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    with quiet_progress():
+        _build(family, mode, folder, seed)
+    return folder
+
+
+def _build(family: str, mode: str, folder: Path, seed: int) -> None:
+    import diffusers
+
     components, controlnet = _BUILDERS[family](seed, mode)
     save_mode = "inpaint" if mode == "inpaint" else "txt2img"
     if family in ("sd3", "flux"):
@@ -545,4 +554,3 @@ def build_tiny(family: str, mode: str, folder: str | Path, seed: int = 0) -> Pat
     (folder / "diffspec_tiny.json").write_text(
         json.dumps({"family": family, "mode": mode, "seed": seed}, sort_keys=True) + "\n", encoding="utf-8"
     )
-    return folder

@@ -141,9 +141,24 @@ def _pipeline_key(loaded: LoadedSpec, cls: ResolvedClass, params: dict[str, Any]
         guidance=float(params["guidance"]),
         strength=float(params["strength"]) if params["mode"] in ("img2img", "inpaint") else None,
         conditioning_scale=float(params["conditioning_scale"]) if params["mode"] == "controlnet" else None,
-        control=cls.control if params["mode"] == "controlnet" else None,
+        control=_control(cls) if params["mode"] == "controlnet" else None,
         scheduler_entry=scheduler_entry(scheduler),
     )
+
+
+def _control(cls: ResolvedClass) -> str | None:
+    """The control kind as the backend reads it; canny carries its thresholds (they change pixels)."""
+    if cls.control == "canny":
+        return f"canny:{cls.canny[0]}:{cls.canny[1]}"
+    return cls.control
+
+
+def _effective_negative(key: PipelineKey, negative: str) -> str:
+    """The negative prompt only changes pixels under classifier-free guidance (guidance > 1), and
+    FLUX takes none at all: elsewhere it is dropped so it does not split identical units."""
+    if key.model.family == "flux" or key.guidance <= 1.0:
+        return ""
+    return negative
 
 
 def _render(template: str, values: dict[str, str]) -> str:
@@ -177,7 +192,7 @@ def expand_variants(loaded: LoadedSpec, cls: ResolvedClass, models: dict[str, Mo
         sweep_id = json.dumps(overrides, sort_keys=True)
         if sweep_id not in keys:
             keys[sweep_id] = _pipeline_key(loaded, cls, params, models)
-        negative = normalize_prompt(str(params.get("negative") or ""))
+        negative = _effective_negative(keys[sweep_id], normalize_prompt(str(params.get("negative") or "")))
         for prompt in prompts:
             variant = Variant(prompt, negative, keys[sweep_id], tuple(sorted(overrides.items())))
             variants.setdefault(variant.identity, variant)  # two templates rendering one text are one variant

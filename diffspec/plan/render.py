@@ -115,17 +115,19 @@ def render_markdown(plan: Plan) -> str:
 
 
 def render_table(plan: Plan, console: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    title = f"diffspec plan: {plan.dataset}" + (f" (profile {plan.profile})" if plan.profile else "")
+    # Names come from the spec: escape them, or rich would read "[x]" in a model name as markup.
+    title = escape(f"diffspec plan: {plan.dataset}" + (f" (profile {plan.profile})" if plan.profile else ""))
     table = Table(title=title, title_justify="left")
     for header in HEADERS:
         table.add_column(header, justify="right" if header in ("steps", "create", "keep", "remove", "est. time") else "left")
     for row, c in zip(_rows(plan), plan.classes):
         style = "green" if c.create else ("red" if c.remove else None)
-        table.add_row(*row, style=style)
+        table.add_row(*(escape(cell) for cell in row), style=style)
     console.print(table)
     console.print(summary_line(plan))
     unfit = [c.name for c in plan.classes if not c.memory.fits and c.model != "-"]
     if unfit:
-        console.print(f"[yellow]warning:[/] the memory budget is too small for: {', '.join(unfit)}")
+        console.print(f"[yellow]warning:[/] the memory budget is too small for: {escape(', '.join(unfit))}")

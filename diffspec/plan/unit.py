@@ -97,9 +97,9 @@ class PipelineKey:
     # change of that table re-plans exactly the units it affects.
     scheduler_entry: str = ""
 
-    def load_key(self) -> tuple[ModelRef, str, str | None]:
-        """What forces a pipeline (re)load; the rest changes per call."""
-        return (self.model, self.mode, self.control)
+    def load_key(self) -> tuple[ModelRef, str]:
+        """What forces a pipeline (re)load; the rest (scheduler, size, control...) changes per call."""
+        return (self.model, self.mode)
 
     def canonical_group(self) -> str:
         fields = {

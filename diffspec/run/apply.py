@@ -256,7 +256,7 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
     # Re-check the catalog: what got recorded since the plan was made is skipped.
     units: list[WorkUnit] = list(plan.units_to_create())
     planned = len(units)
-    existing = set(catalog.index().fingerprints) if catalog.exists() else set()
+    existing = _live_fingerprints(catalog)
     todo = [u for u in units if u.fingerprint not in existing]
     skipped = planned - len(todo)
     if max_units is not None:
@@ -364,6 +364,13 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
         failures=tuple(failures[:100]),
         per_class=dict(per_class),
     )
+
+
+def _live_fingerprints(catalog: Catalog) -> set[str] | frozenset[str]:
+    if not catalog.exists():
+        return frozenset()
+    index = catalog.index()
+    return getattr(index, "fingerprint_set", None) or set(index.fingerprints)
 
 
 def _take(outcome: Outcome, recorder: Recorder, log: list[dict[str, Any]], failures: list[tuple[str, str]],

@@ -30,7 +30,8 @@ def _targets(plan: Plan, catalog: Catalog) -> list[tuple[str, str]]:
     """The plan's removals that are still live (the catalog may have moved since the plan)."""
     if not plan.removals:
         return []
-    live = set(catalog.index().fingerprints)
+    index = catalog.index()
+    live = getattr(index, "fingerprint_set", None) or set(index.fingerprints)
     return [(r.fingerprint, r.path) for r in plan.removals if r.fingerprint in live]
 
 

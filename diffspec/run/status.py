@@ -55,7 +55,8 @@ def class_status(loaded: LoadedSpec, plan: Plan, catalog: Catalog) -> list[Class
     live_class: dict[str, str] = {}
     if catalog.exists():
         index = catalog.index()
-        live_class = dict(zip(index.fingerprints, index.class_names))
+        names = index.class_names
+        live_class = dict(zip(index.fingerprints, names.to_pylist() if hasattr(names, "to_pylist") else list(names)))
     passed = _stage_by_class(catalog, "filters", "passed", live_class) if live_class else {}
     scores = _stage_by_class(catalog, "classifier", "score", live_class) if live_class else {}
     rows = []

@@ -50,6 +50,16 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[PathT, Any, bool]:
     return tuple(path), node, found
 
 
+def _key_name(path: PathT) -> str:
+    """How a message names the place: `steps`, or `filters[0]` for a list item."""
+    if not path:
+        return "spec"
+    last = path[-1]
+    if isinstance(last, int):
+        return f"{_key_name(path[:-1])}[{last}]"
+    return str(last)
+
+
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -105,6 +115,7 @@ def _message(error: dict[str, Any], key: str, value: Any, found: bool) -> str:
     if kind == "literal_error":
         return f"`{key}` must be {ctx.get('expected')}, got {_show(value)}"
     if kind in ("too_short", "too_long"):
+        msg = msg.replace(" after validation", "")
         return f"`{key}` {msg[0].lower()}{msg[1:]}, got {_show(value)}"
     if kind == "value_error":
         text = msg.removeprefix("Value error, ")
@@ -124,14 +135,18 @@ def problems_from_validation(
     for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])
         path, value, found = _data_path(loc, data)
-        key = str(path[-1]) if path else "spec"
-        if error["type"] == "extra_forbidden":
+        if error["type"] == "missing" and not found and path and isinstance(path[-1], int):
+            # A fixed-length list (e.g. size: [512]) is one item short: report it at the list.
+            path, value, _ = _data_path(loc[:-1], data)
+            text = f"`{_key_name(path)}` has too few items (item {loc[-1] + 1} is missing), got {_show(value)}"
+        elif error["type"] == "extra_forbidden":
+            key = str(path[-1]) if path else "spec"
             known = _model_fields_at(model, path[:-1])
             text = f"unknown key `{key}`{did_you_mean(key, known)}"
             if known and not did_you_mean(key, known):
                 text += f" (expected one of: {', '.join(known)})"
         else:
-            text = _message(error, key, value, found)
+            text = _message(error, _key_name(path), value, found)
         full = prefix + path
         if full not in by_path:
             by_path[full] = []
@@ -142,7 +157,7 @@ def problems_from_validation(
     for full in order:
         texts = by_path[full]
         if len(texts) > 1:
-            key = str(full[-1]) if full else "spec"
+            key = _key_name(full)
             text = f"`{key}` matches none of the allowed forms: " + "; or ".join(t.replace(f"`{key}` ", "") for t in texts)
         else:
             text = texts[0]

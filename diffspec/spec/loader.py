@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from diffspec.errors import Position, Problem, SpecError
-from diffspec.spec.errors_map import problems_from_validation
+from diffspec.spec.errors_map import _message, problems_from_validation
 from diffspec.spec.model import ClassSpec, FileValues, GenParams, Spec
 from diffspec.spec.suggest import did_you_mean
 from diffspec.spec.yamlio import PathT, Positions, load_yaml_file
@@ -91,7 +91,7 @@ class LoadedSpec:
 def _read_values(fv: FileValues, root: Path, where: Position | None, problems: list[Problem]) -> tuple[str, ...]:
     path = (root / fv.file).resolve()
     if not path.is_file():
-        problems.append(Problem(where, f"file not found: {fv.file} (looked in {path.parent})"))
+        problems.append(Problem(where, f"file not found: {fv.file} (looked in {shown_path(path.parent)})"))
         return ()
     suffix = path.suffix.lower()
     values: list[str] = []
@@ -118,10 +118,10 @@ def _read_values(fv: FileValues, root: Path, where: Position | None, problems: l
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    problems.append(Problem(Position(str(path), n, exc.colno), f"invalid JSON: {exc.msg}"))
+                    problems.append(Problem(Position(shown_path(path), n, exc.colno), f"invalid JSON: {exc.msg}"))
                     return ()
                 if not isinstance(record, dict) or key not in record:
-                    problems.append(Problem(Position(str(path), n, 1), f"record has no field {key!r}"))
+                    problems.append(Problem(Position(shown_path(path), n, 1), f"record has no field {key!r}"))
                     return ()
                 values.append(str(record[key]).strip())
         else:
@@ -153,7 +153,7 @@ def _apply_profile(data: dict[str, Any], positions: Positions, profile: str | No
     if not isinstance(profiles, dict) or profile not in profiles:
         names = list(profiles) if isinstance(profiles, dict) else []
         raise SpecError([
-            Problem(positions.at(("profiles",)) if names else None,
+            Problem(positions.at(("profiles",)),
                     f"unknown profile {profile!r}{did_you_mean(profile, names)}"
                     + (f" (profiles: {', '.join(names)})" if names else " (this spec defines no profiles)"))
         ])
@@ -181,19 +181,21 @@ def _apply_profile(data: dict[str, Any], positions: Positions, profile: str | No
     return merged
 
 
-def _expand_classes_from(data: dict[str, Any], positions: Positions, root: Path, problems: list[Problem]) -> None:
+def _expand_classes_from(data: dict[str, Any], positions: Positions, root: Path, problems: list[Problem]) -> list[str]:
+    """Add one class per row of `classes_from.file`; returns the names of the classes made."""
+    made: list[str] = []
     source = data.get("classes_from")
     if not isinstance(source, dict):
-        return
+        return made
     where = positions.at(("classes_from", "file"))
     file = source.get("file")
     template = source.get("template")
     if not isinstance(file, str) or not isinstance(template, dict):
-        return  # pydantic reports the shape
+        return made  # pydantic reports the shape
     path = (root / file).resolve()
     if not path.is_file():
         problems.append(Problem(where, f"file not found: {file}"))
-        return
+        return made
     rows: list[dict[str, str]] = []
     name_key = source.get("name")
     try:
@@ -207,24 +209,29 @@ def _expand_classes_from(data: dict[str, Any], positions: Positions, root: Path,
             name_key = name_key or "name"
     except (OSError, ValueError, csv.Error) as exc:
         problems.append(Problem(where, f"cannot read {file}: {exc}"))
-        return
+        return made
     limit = source.get("limit")
     if isinstance(limit, int):
         rows = rows[:limit]
     if not rows:
         problems.append(Problem(where, f"{file} holds no rows"))
-        return
+        return made
     name_key = name_key or next(iter(rows[0]))
+    columns = [str(k) for k in rows[0]] if isinstance(rows[0], dict) else []
+    if isinstance(rows[0], dict) and name_key not in rows[0]:
+        problems.append(Problem(positions.at(("classes_from", "name")),
+                                f"column {name_key!r} not in {file}{did_you_mean(str(name_key), columns)} (columns: {', '.join(columns)})"))
+        return made
     classes = data.setdefault("classes", {})
     if not isinstance(classes, dict):
-        return
+        return made
     for n, row in enumerate(rows, 1):
         if name_key not in row or not str(row[name_key]).strip():
-            problems.append(Problem(Position(str(path), n + 1, 1), f"row has no {name_key!r}"))
+            problems.append(Problem(Position(shown_path(path), n + 1, 1), f"row has no {name_key!r}"))
             continue
         name = _slug(str(row[name_key]))
         if name in classes:
-            problems.append(Problem(Position(str(path), n + 1, 1), f"class {name!r} is defined twice"))
+            problems.append(Problem(Position(shown_path(path), n + 1, 1), f"class {name!r} is defined twice"))
             continue
         spec = copy.deepcopy(template)
         row_vars = {_var_name(k): [str(v)] for k, v in row.items() if _var_name(k)}
@@ -233,6 +240,34 @@ def _expand_classes_from(data: dict[str, Any], positions: Positions, root: Path,
         classes[name] = spec
         positions.graft(positions, ("classes_from", "template"), ("classes", name))
         positions.places.setdefault(("classes", name), positions.places.get(("classes_from",), (1, 1)))
+        made.append(name)
+    return made
+
+
+def _collapse_template_problems(problems: list[Problem], made: list[str]) -> list[Problem]:
+    """A mistake in the `classes_from` template shows once, not once per row of the file."""
+    if len(made) < 2:
+        return problems
+    names = set(made)
+    counts: dict[tuple[Any, str], int] = {}
+    kept: dict[tuple[Any, str], Problem] = {}
+    for problem in problems:
+        generic = problem.message
+        found = [n for n in re.findall(r"'([^']*)'", generic) if n in names]
+        if problem.path.startswith("classes."):
+            rest = problem.path[len("classes."):]
+            found += [rest[:i] for i in range(len(rest), 0, -1) if (i == len(rest) or rest[i] == ".") and rest[:i] in names][:1]
+        for name in found:
+            generic = generic.replace(f"'{name}'", "'{class}'").replace(f"classes.{name}", "classes.{class}")
+        key = (problem.position, generic if found else problem.message)
+        counts[key] = counts.get(key, 0) + 1
+        kept.setdefault(key, problem)
+    out = []
+    for key, problem in kept.items():
+        more = counts[key] - 1
+        out.append(problem if not more else Problem(
+            problem.position, f"{problem.message} (and the same for {more} more class{'es' if more != 1 else ''} from classes_from)", problem.path))
+    return out
 
 
 def _slug(text: str) -> str:
@@ -320,7 +355,7 @@ def _check_templates(name: str, cls: ClassSpec, known: set[str], cpath: PathT, p
 def _check_family_mode(spec: Spec, name: str, params: dict[str, Any], cls: ClassSpec, cpath: PathT,
                        positions: Positions, problems: list[Problem], root: Path) -> None:
     from diffspec.errors import GenerationError
-    from diffspec.generate.families import check_supported, guess_family
+    from diffspec.generate.families import check_size, check_supported, guess_family
 
     model_name = params["model"]
     model = spec.models[model_name]
@@ -336,6 +371,7 @@ def _check_family_mode(spec: Spec, name: str, params: dict[str, Any], cls: Class
         return
     try:
         check_supported(family, mode, params["scheduler"])
+        check_size(family, *params["size"])
     except GenerationError as exc:
         sched_where = positions.at(cpath + ("scheduler",)) if cls.scheduler else where
         problems.append(Problem(sched_where if "scheduler" in str(exc) else where, f"class {name!r} (model {model_name!r}, {family}): {exc}"))
@@ -356,7 +392,7 @@ def _resolve_inputs(cls: ClassSpec, root: Path, cpath: PathT, positions: Positio
         return ()
     images = [p for p in _expand_globs(cls.input.images, root) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not images:
-        problems.append(Problem(positions.at(cpath + ("input", "images")), f"no image files match {cls.input.images!r} (relative to {root})"))
+        problems.append(Problem(positions.at(cpath + ("input", "images")), f"no image files match {cls.input.images!r} (relative to {shown_path(root)})"))
         return ()
     masks_by_stem: dict[str, Path] = {}
     if cls.input.masks is not None:
@@ -386,7 +422,7 @@ def _resolve(spec: Spec, root: Path, positions: Positions, problems: list[Proble
         global_vars[var] = _values(values, root, positions.at(("vars", var)), problems)
         if not VALID_VAR.match(var):
             problems.append(Problem(positions.at(("vars", var)), f"variable name {var!r} must be letters, digits and '_'"))
-    if not spec.classes:
+    if not spec.classes and spec.classes_from is None:  # classes_from reports its own problems
         problems.append(Problem(positions.at(("classes",)) if ("classes",) in positions.places else positions.at(()), "the spec defines no classes (add `classes:` or `classes_from:`)"))
     resolved: dict[str, ResolvedClass] = {}
     for name, cls in spec.classes.items():
@@ -411,7 +447,7 @@ def _resolve(spec: Spec, root: Path, positions: Positions, problems: list[Proble
                     try:
                         GenParams.model_validate({key: value})
                     except ValidationError as exc:
-                        problems.append(Problem(positions.at(cpath + ("sweep", key, i)), f"sweep `{key}` value {value!r}: {exc.errors()[0]['msg']}"))
+                        problems.append(Problem(positions.at(cpath + ("sweep", key, i)), f"sweep {_message(exc.errors()[0], key, value, True)}"))
         if params:
             _check_family_mode(spec, name, params, cls, cpath, positions, problems, root)
         existing_count = None
@@ -419,7 +455,7 @@ def _resolve(spec: Spec, root: Path, positions: Positions, problems: list[Proble
         if cls.fill_to is not None and cls.existing is not None:
             folder = (root / cls.existing).resolve()
             if not folder.is_dir():
-                problems.append(Problem(positions.at(cpath + ("existing",)), f"folder not found: {cls.existing} (resolved to {folder})"))
+                problems.append(Problem(positions.at(cpath + ("existing",)), f"folder not found: {cls.existing} (resolved to {shown_path(folder)})"))
                 existing_count = 0
             else:
                 existing_count = count_images(folder)
@@ -427,7 +463,8 @@ def _resolve(spec: Spec, root: Path, positions: Positions, problems: list[Proble
         if target is None:
             target = len(cls.seeds or ())
         if cls.seeds is not None and target > len(cls.seeds):
-            problems.append(Problem(positions.at(cpath + ("seeds",)), f"class {name!r} asks for {target} images but lists only {len(cls.seeds)} seeds"))
+            count = len(cls.seeds)
+            problems.append(Problem(positions.at(cpath + ("seeds",)), f"class {name!r} asks for {target} images but lists only {count} seed{'s' if count != 1 else ''}"))
         inputs = _resolve_inputs(cls, root, cpath, positions, problems, hashes)
         if len(problems) > before or not params:
             continue
@@ -454,6 +491,27 @@ def _resolve(spec: Spec, root: Path, positions: Positions, problems: list[Proble
     return resolved
 
 
+def shown_path(path: Path) -> str:
+    """A path as messages show it: relative to the working folder when inside it (shorter, and
+    what the user typed), else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _yaml_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
+
+
 def _values(values: Any, root: Path, where: Position | None, problems: list[Problem]) -> tuple[str, ...]:
     if isinstance(values, FileValues):
         return _read_values(values, root, where, problems)
@@ -467,18 +525,19 @@ def load_spec(path: str | Path, profile: str | None = None) -> LoadedSpec:
     spec_path = Path(path)
     data, positions = load_yaml_file(spec_path)
     if not isinstance(data, dict):
-        raise SpecError([Problem(Position(str(spec_path), 1, 1), f"a spec must be a mapping of keys, got {type(data).__name__}")])
+        got = "an empty file" if data is None else f"a {_yaml_kind(data)}"
+        raise SpecError([Problem(positions.at(()), f"a spec must be a mapping of keys (version, dataset, models, classes, ...), got {got}")])
     root = spec_path.resolve().parent
     data = _apply_profile(data, positions, profile)
     problems: list[Problem] = []
-    _expand_classes_from(data, positions, root, problems)
+    made = _expand_classes_from(data, positions, root, problems)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(problems + problems_from_validation(exc, data, positions, Spec)) from None
+        raise SpecError(_collapse_template_problems(problems + problems_from_validation(exc, data, positions, Spec), made)) from None
     classes = _resolve(spec, root, positions, problems)
     if problems:
-        raise SpecError(problems)
+        raise SpecError(_collapse_template_problems(problems, made))
     output = (root / spec.output).resolve()
     if output == root or root.is_relative_to(output):
         raise SpecError([Problem(positions.at(("output",)), f"output {spec.output!r} would hold the spec's own folder; choose a subfolder such as data/{spec.dataset}")])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,127}$"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -18,6 +18,9 @@ Mode = Literal["txt2img", "img2img", "inpaint", "controlnet"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 Family = Literal["auto", "sd", "sdxl", "sd3", "flux", "kandinsky", "builtin"]
 Scalar = Union[str, int, float, bool, None]
+# A plan holds every unit in memory: beyond this a typo (an extra zero or ten) is far likelier
+# than intent, and the planner would fail on memory instead of saying so.
+MAX_IMAGES_PER_CLASS = 10_000_000
 
 # Our scheduler names; the table from these to diffusers classes lives in generate/schedulers.py.
 # Kept here as data so `validate` can check names without importing diffusers.
@@ -51,6 +54,14 @@ def _check_name(value: str, what: str) -> str:
             "and may not start with a separator (it becomes a folder name)"
         )
     return value
+
+
+def _check_class_name(value: str) -> str:
+    return _check_name(value, "class name")
+
+
+# Validated per key, so every bad class name is reported at its own key.
+ClassName = Annotated[str, AfterValidator(_check_class_name)]
 
 
 class LoraSpec(StrictModel):
@@ -98,7 +109,8 @@ class GenParams(StrictModel):
         if value is not None and value not in SCHEDULER_NAMES:
             from diffspec.spec.suggest import did_you_mean
 
-            raise ValueError(f"unknown scheduler {value!r}{did_you_mean(value, SCHEDULER_NAMES)}")
+            hint = did_you_mean(value, SCHEDULER_NAMES) or f" (one of: {', '.join(SCHEDULER_NAMES)})"
+            raise ValueError(f"unknown scheduler {value!r}{hint}")
         return value
 
 
@@ -168,8 +180,8 @@ class InputSpec(StrictModel):
 class ClassSpec(GenParams):
     """One class of the dataset: how many images and how they are prompted."""
 
-    target: Annotated[int, Field(ge=0)] | None = Field(None, description="Number of images to make.")
-    fill_to: Annotated[int, Field(ge=0)] | None = Field(
+    target: Annotated[int, Field(ge=0, le=MAX_IMAGES_PER_CLASS)] | None = Field(None, description="Number of images to make.")
+    fill_to: Annotated[int, Field(ge=0, le=MAX_IMAGES_PER_CLASS)] | None = Field(
         None, description="Make images until `existing` plus the made ones reach this count."
     )
     existing: str | None = Field(None, description="Folder of real images counted by `fill_to`.")
@@ -307,7 +319,7 @@ class Spec(StrictModel):
     defaults: GenParams = Field(default_factory=GenParams)
     budget: Budget = Field(default_factory=Budget)
     vars: dict[str, VarValues] = Field(default_factory=dict, description="Vars shared by every class.")
-    classes: dict[str, ClassSpec] = Field(default_factory=dict)
+    classes: dict[ClassName, ClassSpec] = Field(default_factory=dict)
     classes_from: ClassesFrom | None = None
     profiles: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Named overlays merged onto the spec with --profile."
@@ -318,13 +330,6 @@ class Spec(StrictModel):
     @classmethod
     def _dataset_name(cls, value: str) -> str:
         return _check_name(value, "dataset name")
-
-    @field_validator("classes")
-    @classmethod
-    def _class_names(cls, value: dict[str, ClassSpec]) -> dict[str, ClassSpec]:
-        for name in value:
-            _check_name(name, "class name")
-        return value
 
     @field_validator("models")
     @classmethod

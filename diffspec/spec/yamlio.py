@@ -8,6 +8,7 @@ places in the file. Custom and Python tags are errors: a spec is data, not code.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,32 +76,46 @@ def _tag_of(node: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _to_plain(node: Any, path: PathT, positions: Positions, problems: list[Problem]) -> Any:
+# Aliases are expanded into plain data: cap the result so that nested aliases ("billion
+# laughs") cannot exhaust memory.
+MAX_NODES = 500_000
+
+
+def _to_plain(node: Any, path: PathT, positions: Positions, problems: list[Problem], budget: list[int] | None = None) -> Any:
     from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 
+    budget = budget if budget is not None else [MAX_NODES]
+    budget[0] -= 1
+    if budget[0] == -1:
+        problems.append(Problem(positions.at(path), f"the spec expands to more than {MAX_NODES} values (nested aliases?)"))
+    if budget[0] < 0:
+        return None
     tag = _tag_of(node)
     if isinstance(node, TaggedScalar) or tag not in _SAFE_TAGS:
         problems.append(
-            Problem(positions.at(path), f"tag {tag!r} is not allowed: a spec is plain data (no custom or Python tags)")
+            Problem(positions.at(path), f"tag {_shown_tag(tag)!r} is not allowed: a spec is plain data (no custom or Python tags)")
         )
         return None
+    if not path and isinstance(node, (CommentedMap, CommentedSeq)) and node.lc.line is not None:
+        # Problems of the whole spec (a missing top-level key) point at where it starts, not line 1.
+        positions.places.setdefault((), (node.lc.line + 1, node.lc.col + 1))
     if isinstance(node, CommentedMap):
         out: dict[str, Any] = {}
         for key in node:
+            # Keys merged in with `<<: *anchor` have no place of their own here: use the mapping's.
+            line, col = node.lc.data.get(key, (node.lc.line or 0, node.lc.col or 0))[:2]
             if not isinstance(key, str):
-                line, col = node.lc.key(key)
                 problems.append(Problem(Position(positions.file, line + 1, col + 1), f"keys must be strings, got {key!r}"))
                 continue
-            line, col = node.lc.key(key)
             positions.places[path + (key,)] = (line + 1, col + 1)
-            out[key] = _to_plain(node[key], path + (key,), positions, problems)
+            out[key] = _to_plain(node[key], path + (key,), positions, problems, budget)
         return out
     if isinstance(node, CommentedSeq):
         items = []
         for i, item in enumerate(node):
             line, col = node.lc.item(i)
             positions.places[path + (i,)] = (line + 1, col + 1)
-            items.append(_to_plain(item, path + (i,), positions, problems))
+            items.append(_to_plain(item, path + (i,), positions, problems, budget))
         return items
     if isinstance(node, str):
         return str(node)
@@ -110,7 +125,7 @@ def _to_plain(node: Any, path: PathT, positions: Positions, problems: list[Probl
         return int(node)
     if isinstance(node, float):
         return float(node)
-    problems.append(Problem(positions.at(path), f"unsupported YAML value {node!r} ({type(node).__name__})"))
+    problems.append(Problem(positions.at(path), f"unsupported YAML value {node!r} ({type(node).__name__}); quote it if you mean text"))
     return None
 
 
@@ -118,6 +133,7 @@ def load_yaml_text(text: str, file: str) -> tuple[Any, Positions]:
     """Parse YAML text into plain data and positions. Raises SpecError with a position."""
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
+    from ruamel.yaml.reader import ReaderError
 
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
@@ -129,18 +145,63 @@ def load_yaml_text(text: str, file: str) -> tuple[Any, Positions]:
         where = Position(file, mark.line + 1, mark.column + 1) if mark else Position(file, 1, 1)
         reason = (exc.problem or "invalid YAML").strip()
         if "duplicate key" in reason:
-            reason = reason.replace("found duplicate key", "duplicate key")
+            # ruamel adds both values, which for a mapping can be long: the key is what matters.
+            match = re.match(r'found duplicate key (".*?") with value', reason)
+            reason = f"duplicate key {match.group(1)}" if match else reason.replace("found duplicate key", "duplicate key")
             reason += "; each key may appear once in a mapping"
         elif exc.context:
-            reason = f"{reason} ({exc.context.strip()})"
+            started = exc.context_mark
+            if started is not None and exc.problem_mark is not None and started.line != exc.problem_mark.line:
+                reason = f"{reason} ({exc.context.strip()} that starts at line {started.line + 1}, column {started.column + 1})"
+            else:
+                reason = f"{reason} ({exc.context.strip()})"
         raise SpecError([Problem(where, f"YAML: {reason}")]) from None
+    except ReaderError as exc:
+        where = _offset_position(text, exc.position, file)
+        char = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)
+        code = f"U+{ord(char):04X}" if len(char) == 1 else "?"
+        raise SpecError([Problem(where, f"YAML: unacceptable character {char!r} ({code}): control and special characters are not allowed")]) from None
     except YAMLError as exc:
-        raise SpecError([Problem(Position(file, 1, 1), f"YAML: {exc}")]) from None
+        raise SpecError([Problem(Position(file, 1, 1), "YAML: " + " ".join(str(exc).split()))]) from None
+    except Exception as exc:  # ruamel fails with plain Python errors on some malformed input (e.g. `!!set x`)
+        bad = _first_bad_tag(yaml, text, file)
+        if bad is not None:
+            raise SpecError([Problem(bad[0], f"tag {_shown_tag(bad[1])!r} is not allowed: a spec is plain data (no custom or Python tags)")]) from None
+        raise SpecError([Problem(Position(file, 1, 1), f"YAML: cannot read this document ({type(exc).__name__}: {exc}); "
+                                 "a spec is plain mappings, lists and scalars")]) from None
     problems: list[Problem] = []
     data = _to_plain(root, (), positions, problems)
     if problems:
         raise SpecError(problems)
     return data, positions
+
+
+def _offset_position(text: str, offset: int, file: str) -> Position:
+    before = text[: max(0, offset)]
+    return Position(file, before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1)
+
+
+def _shown_tag(tag: str | None) -> str | None:
+    return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag and tag.startswith("tag:yaml.org,2002:") else tag
+
+
+def _first_bad_tag(yaml: Any, text: str, file: str) -> tuple[Position, str | None] | None:
+    """Where the first node with a tag a spec does not allow starts (best effort)."""
+    try:
+        stack = [yaml.compose(io.StringIO(text))]
+    except Exception:
+        return None
+    allowed = _SAFE_TAGS | {"tag:yaml.org,2002:merge", "tag:yaml.org,2002:timestamp"}
+    while stack:
+        node = stack.pop()
+        if node is None:
+            continue
+        if _tag_of(node) not in allowed:
+            return Position(file, node.start_mark.line + 1, node.start_mark.column + 1), _tag_of(node)
+        if isinstance(node.value, list):
+            for item in reversed(node.value):
+                stack.extend(reversed(item) if isinstance(item, tuple) else [item])
+    return None
 
 
 def load_yaml_file(path: Path) -> tuple[Any, Positions]:
@@ -149,7 +210,9 @@ def load_yaml_file(path: Path) -> tuple[Any, Positions]:
     except FileNotFoundError:
         raise SpecError([Problem(None, f"spec file not found: {path}")]) from None
     except UnicodeDecodeError as exc:
-        raise SpecError([Problem(Position(str(path), 1, 1), f"not UTF-8 text: {exc.reason}")]) from None
+        before = exc.object[: exc.start]
+        where = Position(str(path), before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1)
+        raise SpecError([Problem(where, f"not UTF-8 text: {exc.reason} (byte {exc.object[exc.start]:#04x})")]) from None
     except OSError as exc:
         raise SpecError([Problem(None, f"cannot read {path}: {exc.strerror}")]) from None
     return load_yaml_text(text, str(path))

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up diffspec on a fresh machine: a virtualenv in .venv with the CPU build of torch and the
+# package installed editable with its generation and dev extras. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+# Pin torch only here: this machine kind has a CPU build of 2.13.0 on disk, while a plain
+# `pip install torch` pulls a multi-GB CUDA build. pyproject.toml keeps the range open for users.
+if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
+  python -m pip install --quiet "torch==2.13.0"
+fi
+python -m pip install --quiet -e ".[gen,dev]"
+python -c "import diffspec, torch, diffusers; print(f'diffspec {diffspec.__version__} ready (torch {torch.__version__}, diffusers {diffusers.__version__})')"

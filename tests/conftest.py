@@ -1,0 +1,61 @@
+"""Shared fixtures: a scratch copy of the shipped specs, and catalog rows for planned units."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def specs_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """specs/ (with its assets and data) copied under tmp_path, and cwd = tmp_path.
+
+    The shipped specs write to `../data/...`, so their outputs land in tmp_path/data: empty, and
+    never the repository's own data folder. Refer to specs as `specs/<name>.yaml` (relative) so
+    no machine path reaches a snapshot.
+    """
+    shutil.copytree(REPO / "specs", tmp_path / "specs")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "specs"
+
+
+@pytest.fixture
+def write_catalog() -> Callable[..., None]:
+    """write(output, units, dataset): record catalog rows as if `apply` had made these units."""
+    from diffspec.catalog.store import Catalog
+
+    def write(output: Path, units: Iterable[Any], dataset: str = "test", run_id: str = "test-run") -> None:
+        rows = [
+            {
+                "fingerprint": u.fingerprint,
+                "dataset": dataset,
+                "class_name": u.class_name,
+                "classes": list(u.classes),
+                "label": u.class_name,
+                "unit_index": u.index,
+                "seed": u.seed,
+                "prompt": u.prompt,
+                "negative_prompt": u.negative,
+                "model_name": u.key.model.name,
+                "model_source": u.key.model.source,
+                "family": u.key.model.family,
+                "mode": u.key.mode,
+                "scheduler": u.key.scheduler,
+                "width": u.key.width,
+                "height": u.key.height,
+                "steps": u.key.steps,
+                "guidance": u.key.guidance,
+                "path": u.relpath,
+                "canonical": u.canonical(),
+            }
+            for u in units
+        ]
+        Catalog(Path(output)).append_images(rows, run_id)
+
+    return write

@@ -1,0 +1,60 @@
+"""`import diffspec`, `diffspec validate` and `diffspec plan` never import the heavy stack
+(torch, diffusers, transformers, ray): they must start fast and install light in CI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "diffusers", "transformers", "ray", "accelerate")
+
+SCRIPT = r"""
+import json, shutil, sys, os
+from pathlib import Path
+
+import diffspec
+after_import = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
+
+from typer.testing import CliRunner
+from diffspec.cli import app
+
+work = Path(WORK)
+shutil.copytree(Path(REPO) / "specs", work / "specs")
+os.chdir(work)
+runner = CliRunner()
+results = {}
+for args in (["validate", "specs/quickstart.yaml"], ["validate", "specs"], ["plan", "specs/quickstart.yaml"],
+             ["plan", "specs/ads.yaml", "--format", "json"], ["plan", "specs/pizza.yaml", "--out", "plan.json"],
+             ["schema"]):
+    result = runner.invoke(app, args)
+    results[" ".join(args)] = result.exit_code
+diffspec.Project  # the lazy facade
+diffspec.load_spec
+print(json.dumps({
+    "after_import": after_import,
+    "after_commands": sorted(m for m in sys.modules if m.split(".")[0] in HEAVY),
+    "exit_codes": results,
+}))
+"""
+
+
+def test_validate_and_plan_do_not_import_the_heavy_stack(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    code = f"HEAVY = {HEAVY!r}\nREPO = {str(REPO)!r}\nWORK = {str(tmp_path)!r}\n" + SCRIPT
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["exit_codes"] == {
+        "validate specs/quickstart.yaml": 0,
+        "validate specs": 0,
+        "plan specs/quickstart.yaml": 0,
+        "plan specs/ads.yaml --format json": 0,
+        "plan specs/pizza.yaml --out plan.json": 0,
+        "schema": 0,
+    }
+    assert report["after_import"] == []
+    assert report["after_commands"] == [], f"heavy modules imported: {report['after_commands']}"
