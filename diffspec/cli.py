@@ -267,6 +267,45 @@ def export_cmd(
 
 
 @app.command()
+def quickstart(
+    spec: Annotated[Path, typer.Argument(help="The spec to build.")] = Path("specs/quickstart.yaml"),
+    profile: ProfileOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Validate, plan, apply and report the quickstart spec (the embedded digits model), then say where everything is."""
+    from diffspec.plan.render import render_table
+    from diffspec.project import Project
+    from diffspec.run.render import render_summary
+    from diffspec.stages.report import overall_recognised, summarize
+
+    project = Project(spec, profile=profile)
+    loaded = _run(project.validate)
+    out.print(f"[green]valid[/] {escape(str(spec))}: {len(loaded.classes)} classes", highlight=False)
+    the_plan = _run(project.plan)
+    render_table(the_plan, out)
+    result = _run(lambda: project.apply(the_plan, progress=not quiet, console=err))
+    render_summary(result, out)
+    report_path = _run(project.report)
+    summaries = summarize(loaded, project.catalog)
+    share = overall_recognised(summaries)
+    if share is not None:
+        worst = min((s for s in summaries if s.scored), key=lambda s: s.recognised_share or 0.0)
+        out.print(f"Recognised as the prompted digit by a classifier trained on real digits: [bold]{share:.1%}[/] "
+                  f"(lowest class: {escape(worst.name)} {worst.recognised_share:.0%})", highlight=False)
+    output = loaded.output
+    out.print(f"images:  {escape(str(output / 'images'))}", highlight=False)
+    out.print(f"catalog: {escape(str(output / 'catalog'))} (Parquet)", highlight=False)
+    out.print(f"report:  {escape(str(report_path))}", highlight=False)
+    out.print("Try next:", highlight=False)
+    out.print(f"  diffspec query -s {escape(str(spec))} \"
+              "\n    \"SELECT class_name, count(*) AS images, avg(seconds) AS s_per_image FROM images GROUP BY 1 ORDER BY 1\"",
+              highlight=False)
+    out.print(f"  diffspec status {escape(str(spec))}", highlight=False)
+    if result.failed or result.interrupted:
+        raise typer.Exit(1)
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of the spec language."""
     from diffspec.spec.schema import spec_json_schema_text

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffspec.catalog.store import Catalog
-from diffspec.errors import DiffspecError, PlanError, SpecError
+from diffspec.errors import DiffspecError, PlanError, Problem, SpecError
 from diffspec.plan.diff import Plan, build_plan
 from diffspec.spec.loader import LoadedSpec, load_spec, spec_files
 
@@ -41,11 +41,23 @@ def validate(targets: list[str | Path], profile: str | None = None) -> list[Vali
     if not files:
         raise DiffspecError(f"no spec files found in {', '.join(map(str, targets))}")
     for file in files:
+        problems: list[Problem] = []
         try:
-            load_spec(file, profile=profile)
-            results.append(ValidationResult(file, None))
+            loaded = load_spec(file, profile=profile)
         except SpecError as exc:
             results.append(ValidationResult(file, exc))
+            continue
+        if profile is None:
+            # A typo inside a profile must fail CI too, not only the run that selects it.
+            for name in loaded.spec.profiles:
+                try:
+                    load_spec(file, profile=name)
+                except SpecError as exc:
+                    for p in exc.problems:
+                        tagged = Problem(p.position, f"with --profile {name}: {p.message}", p.path)
+                        if tagged not in problems:
+                            problems.append(tagged)
+        results.append(ValidationResult(file, SpecError(problems) if problems else None))
     return results
 
 

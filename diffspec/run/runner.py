@@ -27,6 +27,7 @@ from typing import Any
 
 from diffspec.plan.unit import PipelineKey, WorkUnit
 from diffspec.run.batching import Batch
+from diffspec.run.numerics import thread_invariant_convolutions
 
 
 def event(kind: str, message: str, **fields: Any) -> dict[str, Any]:
@@ -151,7 +152,8 @@ class BatchRunner:
         while todo:
             chunk = todo.popleft()
             try:
-                images = backend.generate(list(chunk))
+                with thread_invariant_convolutions(self.device):
+                    images = backend.generate(list(chunk))
             except Exception as exc:
                 if is_out_of_memory(exc):
                     _free_memory()

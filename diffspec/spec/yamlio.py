@@ -8,6 +8,7 @@ places in the file. Custom and Python tags are errors: a spec is data, not code.
 from __future__ import annotations
 
 import io
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -124,6 +125,9 @@ def _to_plain(node: Any, path: PathT, positions: Positions, problems: list[Probl
     if isinstance(node, int):
         return int(node)
     if isinstance(node, float):
+        if not math.isfinite(node):
+            problems.append(Problem(positions.at(path), f"numbers must be finite, got {node!r} (.nan and .inf are not allowed)"))
+            return None
         return float(node)
     problems.append(Problem(positions.at(path), f"unsupported YAML value {node!r} ({type(node).__name__}); quote it if you mean text"))
     return None

@@ -63,7 +63,7 @@ def test_one_and_two_workers_make_identical_bytes_and_a_killed_worker_is_replace
     two, result = _apply(tmp_path, "two", workers=2)
     assert result.devices == ("cpu", "cpu")
     assert check_catalog(two, expected=16) == h1, "two worker processes made other bytes than one"
-    assert {r["batch_size"] for r in Catalog(two).live_images(["batch_size"]).to_pylist()} == {4, 1}  # a: 4,4,2 b: 4,2... sizes ≤ 4
+    assert max(r["batch_size"] for r in Catalog(two).live_images(["batch_size"]).to_pylist()) == 4
     # one writer of rows: the driver; one part per run after compaction
     assert len(Catalog(two).parts("images")) == 1
 

@@ -149,6 +149,13 @@ def test_metadata_edit_plans_no_work(folder: Path, write_catalog: Any) -> None:
     assert plan.total_keep == 35
 
 
+def test_renaming_a_model_entry_changes_no_fingerprint(folder: Path) -> None:
+    data = copy.deepcopy(BASE)
+    data["models"] = {"renamed": data["models"]["m"], "other": data["models"]["other"]}
+    data["defaults"]["model"] = "renamed"
+    assert fingerprints(load(folder, data, name="b.yaml")) == fingerprints(load(folder, BASE, name="a.yaml"))
+
+
 @pytest.mark.parametrize(
     "edit",
     [

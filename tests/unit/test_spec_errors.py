@@ -165,3 +165,38 @@ def test_missing_spec_file_is_an_error_not_a_traceback() -> None:
     assert result.exit_code == 1
     assert "spec file not found: no/such/spec.yaml" in result.output
     assert "Traceback" not in result.output
+
+
+def test_mistakes_in_a_profile_point_into_the_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    shutil.copytree(REPO / "specs", tmp_path / "specs")
+    monkeypatch.chdir(tmp_path)
+    spec = Path("specs/pizza.yaml")
+    lines = spec.read_text().splitlines()
+    typo = next(i for i, line in enumerate(lines) if line.strip() == "burnt: {target: 30}")
+    lines[typo] = lines[typo].replace("target", "taget")
+    wrong_model = next(i for i, line in enumerate(lines) if line.strip() == "model: sdxl-turbo")
+    lines[wrong_model] = lines[wrong_model].replace("sdxl-turbo", "sdxl-trubo")
+    spec.write_text("\n".join(lines) + "\n")
+    load_spec(spec)  # profiles are overlays: the base spec is still valid
+    (problem,) = _problems(spec, profile="small_diverse").problems
+    assert str(problem).startswith(f"specs/pizza.yaml:{typo + 1}:")
+    assert "unknown key `taget`; did you mean 'target'?" in problem.message
+    (problem,) = _problems(spec, profile="burn_patterns").problems
+    assert str(problem).startswith(f"specs/pizza.yaml:{wrong_model + 1}:")
+    assert "did you mean 'sdxl-turbo'?" in problem.message
+
+
+@pytest.mark.parametrize("output", [".", "..", "../..", "./"])
+def test_output_may_not_hold_the_spec_folder(tmp_path: Path, output: str) -> None:
+    folder = tmp_path / "a" / "b"
+    folder.mkdir(parents=True)
+    spec = folder / "spec.yaml"
+    spec.write_text(
+        f"version: 1\ndataset: x\noutput: {output!r}\nmodels:\n  m: {{source: builtin:digits}}\n"
+        "classes:\n  a: {target: 1, prompt: 'a one'}\n"
+    )
+    (problem,) = _problems(spec).problems
+    assert "would hold the spec's own folder" in problem.message
+    assert (problem.position.line, problem.position.column) == (3, 1)  # type: ignore[union-attr]

@@ -1,0 +1,202 @@
+"""Kill drill: SIGKILL `diffspec apply` at random moments, restart it, finish, then audit.
+
+    python bench/kill_drill.py                  # 240 units, 12 kills (the full drill)
+    python bench/kill_drill.py --units 60 --kills 4 --workers 2
+
+An apply of a tiny random-weight SD pipeline (``build_tiny``) runs as a subprocess
+(``python -m diffspec.cli apply spec.yaml -q``) and is SIGKILLed at random moments: most
+kills land a random time after the run has started writing images, some land anywhere in
+start-up (lock, clean-up, catalog tidy, model load). After the kills, a last apply runs to the
+end. The audit checks:
+
+* the catalog has exactly the planned number of rows, and no fingerprint twice;
+* every row's file exists and its sha256 and size match the row;
+* no temp files are left anywhere under the output root;
+* images written in all (every attempt to write one, counted by the writer through
+  ``DIFFSPEC_WRITE_COUNTER`` before it writes) <= planned + kills x batch size: a kill
+  loses at most the one batch that was being written.
+
+Prints the figures and exits 1 if a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_spec(folder: Path, model: Path, units: int, batch: int, size: int, steps: int, workers: int) -> Path:
+    spec = folder / "spec.yaml"
+    spec.write_text(textwrap.dedent(f"""\
+        version: 1
+        dataset: kill-drill
+        output: out
+        models:
+          tiny: {{source: "{model}", scheduler: ddim}}
+        defaults: {{model: tiny, size: [{size}, {size}], steps: {steps}, guidance: 7.5, seed: 11}}
+        budget: {{devices: cpu, max_batch: {batch}, workers: {workers}}}
+        classes:
+          cats: {{target: {units - units // 2}, prompt: "a photo of a {{animal}}", vars: {{animal: [cat, kitten]}}}}
+          dogs: {{target: {units // 2}, prompt: "a photo of a dog, {{light}}", vars: {{light: [daylight, studio light]}}}}
+        """), encoding="utf-8")
+    return spec
+
+
+def _lines(path: Path) -> int:
+    try:
+        with path.open("rb") as fh:
+            return sum(1 for _ in fh)
+    except FileNotFoundError:
+        return 0
+
+
+def _start(spec: Path, env: dict[str, str], log: Any) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "diffspec.cli", "apply", str(spec), "-q"],
+                            cwd=spec.parent, env=env, stdout=log, stderr=log)
+
+
+def audit(output: Path) -> dict[str, Any]:
+    from diffspec.catalog.store import Catalog
+
+    cat = Catalog(output)
+    raw = cat.read_table("images", ["fingerprint", "path", "sha256", "bytes"]).to_pylist()
+    fps = [r["fingerprint"] for r in raw]
+    missing, mismatched = [], []
+    for r in raw:
+        file = output / r["path"]
+        if not file.is_file():
+            missing.append(r["path"])
+            continue
+        data = file.read_bytes()
+        if hashlib.sha256(data).hexdigest() != r["sha256"] or len(data) != r["bytes"]:
+            mismatched.append(r["path"])
+    temps = [str(p.relative_to(output)) for p in output.rglob("*") if ".tmp-" in p.name]
+    files = sum(1 for _ in (output / "images").rglob("*.png"))
+    return {"rows": len(raw), "unique_fingerprints": len(set(fps)), "missing_files": missing,
+            "sha_mismatch": mismatched, "temp_files": temps, "png_files": files,
+            "runs": len({r["run_id"] for r in cat.runs()}),
+            "finished_runs": sum(1 for r in cat.runs() if r["phase"] == "finished"),
+            "parts": len(cat.parts("images"))}
+
+
+def run_drill(workdir: Path, *, units: int = 240, kills: int = 12, batch: int = 8, size: int = 64, steps: int = 20,
+              workers: int = 1, seed: int = 0, after_write: tuple[float, float] = (0.0, 1.2),
+              model: Path | None = None, verbose: bool = True) -> dict[str, Any]:
+    from diffspec.project import Project
+
+    rng = random.Random(seed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if model is None:
+        from diffspec.generate.tiny import build_tiny
+
+        model = build_tiny("sd", "txt2img", workdir / "tiny")
+    spec = write_spec(workdir, model, units, batch, size, steps, workers)
+    planned = Project(spec).plan().total_create
+    counter = workdir / "writes.txt"
+    counter.unlink(missing_ok=True)
+    env = {**os.environ, "DIFFSPEC_WRITE_COUNTER": str(counter), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
+    log = (workdir / "apply.log").open("ab")
+    done_kills, moments, finished_early = 0, [], False
+    first_write: list[float] = []
+    t_start = time.perf_counter()
+    while done_kills < kills:
+        before = _lines(counter)
+        proc = _start(spec, env, log)
+        t0 = time.perf_counter()
+        startup_kill = bool(first_write) and rng.random() < 0.25
+        if startup_kill:  # anywhere in start-up: lock, clean-up, tidy, imports, model load
+            deadline = t0 + rng.uniform(0.05, max(0.1, min(first_write)))
+        else:
+            deadline = None
+        while proc.poll() is None:
+            now = time.perf_counter()
+            if deadline is None and _lines(counter) > before:
+                first_write.append(now - t0)
+                deadline = now + rng.uniform(*after_write)
+            if deadline is not None and now >= deadline:
+                break
+            time.sleep(0.005)
+        if proc.poll() is not None:
+            finished_early = proc.returncode == 0
+            if verbose:
+                print(f"  run {done_kills + 1}: ended by itself (exit {proc.returncode}) before its kill", flush=True)
+            if finished_early:
+                break
+            continue
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done_kills += 1
+        moment = time.perf_counter() - t0
+        moments.append(round(moment, 2))
+        if verbose:
+            print(f"  kill {done_kills:2d} at {moment:5.2f}s ({'start-up' if startup_kill else 'while writing'}): "
+                  f"{_lines(counter)} image writes so far", flush=True)
+    final = subprocess.run([sys.executable, "-m", "diffspec.cli", "apply", str(spec), "-q", "--json"],
+                           cwd=spec.parent, env=env, capture_output=True, text=True)
+    total_seconds = time.perf_counter() - t_start
+    log.close()
+    if final.returncode != 0:
+        raise RuntimeError(f"the final apply failed ({final.returncode}):\n{final.stderr[-3000:]}")
+    summary = json.loads(final.stdout)
+    output = workdir / "out"
+    figures = audit(output)
+    writes = _lines(counter)
+    bound = planned + done_kills * batch
+    figures.update({
+        "planned": planned, "kills": done_kills, "kill_moments_s": moments, "batch_size": batch, "workers": workers,
+        "image_writes": writes, "write_bound": bound, "wasted_writes": writes - planned,
+        "final_run_made": summary["made"], "left_to_make": Project(spec).plan().total_create,
+        "seconds": round(total_seconds, 1), "finished_before_all_kills": finished_early,
+    })
+    figures["ok"] = (
+        figures["rows"] == planned and figures["unique_fingerprints"] == planned and not figures["missing_files"]
+        and not figures["sha_mismatch"] and not figures["temp_files"] and writes <= bound
+        and figures["left_to_make"] == 0 and figures["png_files"] == planned
+    )
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--units", type=int, default=240)
+    parser.add_argument("--kills", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="diffspec-kill-drill-"))
+    print(f"kill drill in {workdir}: {args.units} units, {args.kills} kills, batch {args.batch}, "
+          f"{args.size}x{args.size}, {args.steps} steps, {args.workers} worker(s)", flush=True)
+    f = run_drill(workdir, units=args.units, kills=args.kills, batch=args.batch, size=args.size, steps=args.steps,
+                  workers=args.workers, seed=args.seed)
+    print(f"planned {f['planned']}  kills {f['kills']}  runs {f['runs']}  time {f['seconds']}s")
+    print(f"rows {f['rows']}  unique fingerprints {f['unique_fingerprints']}  png files {f['png_files']}  "
+          f"catalog parts {f['parts']}")
+    print(f"missing files {len(f['missing_files'])}  sha256 mismatches {len(f['sha_mismatch'])}  "
+          f"temp files left {len(f['temp_files'])}  left to make {f['left_to_make']}")
+    print(f"image writes {f['image_writes']} <= bound planned + kills x batch = {f['write_bound']}  "
+          f"(wasted {f['wasted_writes']}, {f['wasted_writes'] / max(1, f['kills']):.1f} per kill)")
+    print("OK" if f["ok"] else "FAILED")
+    return 0 if f["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""Ctrl-C: `diffspec apply` stops after the batches in flight, records the run as interrupted,
+says how to resume, and the next apply makes exactly the rest."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from test_apply_support import check_catalog, write_spec
+
+from diffspec.catalog.store import Catalog
+from diffspec.project import Project
+
+
+def test_sigint_stops_after_the_batches_in_flight_and_the_next_apply_resumes(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, 'a: {target: 160, prompt: "a photo of a cat"}', size=32, steps=4, max_batch=4)
+    counter = tmp_path / "writes.txt"
+    env = {**os.environ, "DIFFSPEC_WRITE_COUNTER": str(counter), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "diffspec.cli", "apply", str(spec), "-q"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if counter.exists() and len(counter.read_text().splitlines()) >= 8:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted" in out and f"diffspec apply {spec}" in out, out
+    output = Project(spec).output
+    runs = [r for r in Catalog(output).runs() if r["phase"] != "started"]
+    assert [r["phase"] for r in runs] == ["interrupted"]
+    made = runs[0]["made"]
+    assert 8 <= made < 160
+    writes = len(counter.read_text().splitlines())
+    assert writes == made, "every image written before the stop is recorded (no batch abandoned mid-way)"
+    check_catalog(output, expected=made)
+
+    result = Project(spec).apply(progress=False)
+    assert result.made == 160 - made and result.failed == 0
+    check_catalog(output, expected=160)

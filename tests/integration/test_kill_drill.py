@@ -1,0 +1,35 @@
+"""Kill drill (short): `diffspec apply` as a subprocess, SIGKILLed at random moments and
+restarted, then finished. The catalog must end exactly right: the planned rows, each
+fingerprint once, every file present with its sha256, no temp files, and no more image
+writes than planned + kills x batch size. The full drill is `python bench/kill_drill.py`."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from test_apply_support import tiny_sd
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _drill_module():
+    spec = importlib.util.spec_from_file_location("kill_drill", REPO / "bench" / "kill_drill.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_apply_survives_sigkill_at_random_moments(tmp_path: Path) -> None:
+    drill = _drill_module()
+    f = drill.run_drill(tmp_path / "drill", units=48, kills=4, batch=4, size=32, steps=4, seed=1,
+                        after_write=(0.0, 0.8), model=tiny_sd(), verbose=True)
+    print(f"\nkill drill: {f['kills']} kills, {f['planned']} planned, {f['rows']} rows, "
+          f"{f['image_writes']} image writes (bound {f['write_bound']}), {f['seconds']}s")
+    assert f["kills"] == 4 or f["finished_before_all_kills"]
+    assert f["kills"] >= 2
+    assert f["rows"] == f["planned"] == f["unique_fingerprints"] == f["png_files"]
+    assert not f["missing_files"] and not f["sha_mismatch"] and not f["temp_files"]
+    assert f["image_writes"] <= f["write_bound"]
+    assert f["left_to_make"] == 0
+    assert f["ok"]
