@@ -297,9 +297,8 @@ def quickstart(
     out.print(f"catalog: {escape(str(output / 'catalog'))} (Parquet)", highlight=False)
     out.print(f"report:  {escape(str(report_path))}", highlight=False)
     out.print("Try next:", highlight=False)
-    out.print(f"  diffspec query -s {escape(str(spec))} \"
-              "\n    \"SELECT class_name, count(*) AS images, avg(seconds) AS s_per_image FROM images GROUP BY 1 ORDER BY 1\"",
-              highlight=False)
+    query_example = "SELECT class_name, count(*) AS images, avg(seconds) AS s_per_image FROM images GROUP BY 1 ORDER BY 1"
+    out.print(f"  diffspec query -s {escape(str(spec))} '{query_example}'", highlight=False)
     out.print(f"  diffspec status {escape(str(spec))}", highlight=False)
     if result.failed or result.interrupted:
         raise typer.Exit(1)

@@ -11,6 +11,7 @@ The CLI only parses arguments, calls these methods and renders what they return.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,7 +97,20 @@ class Project:
         plan = plan or self.plan()
         if Path(plan.spec_path).resolve() != self.spec_path.resolve():
             raise PlanError(f"the plan is for {plan.spec_path}, not {self.spec_path}")
-        return apply_plan(plan, self.loaded, **options)
+        run_stages_after = options.pop("stages", True)
+        result = apply_plan(plan, self.loaded, **options)
+        if run_stages_after and not result.interrupted:
+            from diffspec.stages.runner import run_stages
+
+            outcome = run_stages(self.loaded, self.catalog, result.run_id)
+            result = dataclasses.replace(result, stages=outcome.to_dict())
+        return result
+
+    def run_stages(self) -> Any:
+        """Run the spec's stages over images that lack their output (apply does this itself)."""
+        from diffspec.stages.runner import run_stages
+
+        return run_stages(self.loaded, self.catalog)
 
     def status(self) -> Any:
         from diffspec.run.status import class_status

@@ -73,9 +73,11 @@ def run_query(catalog: Catalog, sql: str) -> pa.Table:
         if kinds[0] not in _ALLOWED:
             raise CatalogError(f"`diffspec query` is read-only: {kinds[0]} statements are not allowed (use SELECT)")
         try:
-            result = con.execute(sql)
-            # duckdb < 1.4: fetch_arrow_table; duckdb 2.x renamed it to_arrow_table
-            fetch = getattr(result, "fetch_arrow_table", None) or result.to_arrow_table
+            relation = con.sql(sql)
+            if relation is None:  # a statement with no result set (e.g. EXPLAIN of nothing)
+                return pa.table({})
+            # duckdb 2.x: to_arrow_table on the relation avoids a DB-API copy; older: .arrow()
+            fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
             return fetch()
         except duckdb.Error as exc:
             raise CatalogError(f"query failed: {exc}") from None

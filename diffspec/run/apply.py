@@ -74,6 +74,7 @@ class ApplyResult:
     phase: str = "finished"
     failures: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (fingerprint, why), first 100
     per_class: dict[str, int] = field(default_factory=dict)  # made per class
+    stages: dict[str, Any] = field(default_factory=dict)  # what the post-generation stages did
 
     @property
     def remaining(self) -> int:
@@ -98,6 +99,7 @@ class ApplyResult:
             "made_per_class": dict(sorted(self.per_class.items())),
             "failures": [{"fingerprint": fp, "error": why} for fp, why in self.failures],
             "log": list(self.log),
+            "stages": self.stages,
         }
 
 

@@ -2,7 +2,7 @@
 
 target, done (live images the plan keeps), remaining (the plan's create count), obsolete
 (images the plan removes), rejected (rows of the ``filters`` stage with ``passed = false``)
-and quality (mean ``score`` of the ``classifier`` stage). Stage figures are 0 / None when the
+and quality (the share of images the ``classifier`` stage recognised as the prompted class). Stage figures are 0 / None when the
 stage has not run.
 """
 
@@ -33,42 +33,42 @@ class ClassStatus:
         return {k: d[k] for k in ("class", "target", "done", "remaining", "obsolete", "rejected", "quality")}
 
 
-def _stage_by_class(catalog: Catalog, stage: str, column: str, live_class: dict[str, str]) -> dict[str, list[Any]]:
-    """The latest value of ``column`` per live fingerprint of a stage table, grouped by class."""
+def _latest(catalog: Catalog, stage: str, keys: tuple[str, ...], column: str) -> dict[tuple[Any, ...], Any]:
+    """The latest value of ``column`` per ``keys`` in a stage table (parts are read in time order)."""
     if stage not in catalog.stages():
         return {}
     table = catalog.read_table(stage)
-    if column not in table.column_names or "fingerprint" not in table.column_names:
+    if column not in table.column_names or any(k not in table.column_names for k in keys):
         return {}
-    latest: dict[str, Any] = {}
-    for fp, value in zip(table.column("fingerprint").to_pylist(), table.column(column).to_pylist()):
-        latest[fp] = value  # parts are read in name (time) order: the last one wins
-    out: dict[str, list[Any]] = defaultdict(list)
-    for fp, value in latest.items():
-        cls = live_class.get(fp)
-        if cls is not None:
-            out[cls].append(value)
-    return out
+    cols = [table.column(k).to_pylist() for k in keys]
+    return dict(zip(zip(*cols), table.column(column).to_pylist()))
 
 
 def class_status(loaded: LoadedSpec, plan: Plan, catalog: Catalog) -> list[ClassStatus]:
     live_class: dict[str, str] = {}
     if catalog.exists():
         index = catalog.index()
-        names = index.class_names
-        live_class = dict(zip(index.fingerprints, names.to_pylist() if hasattr(names, "to_pylist") else list(names)))
-    passed = _stage_by_class(catalog, "filters", "passed", live_class) if live_class else {}
-    scores = _stage_by_class(catalog, "classifier", "score", live_class) if live_class else {}
+        live_class = dict(zip(index.fingerprints, index.class_names.to_pylist()))
+    # Rejected: live images that any filter's latest verdict failed.
+    rejected: dict[str, set[str]] = defaultdict(set)
+    for (fp, _filter), passed in _latest(catalog, "filters", ("fingerprint", "filter"), "passed").items():
+        if passed is False and fp in live_class:
+            rejected[live_class[fp]].add(fp)
+    # Quality: the share of scored images the classifier recognised as the prompted class.
+    recognised: dict[str, list[bool]] = defaultdict(list)
+    for (fp,), value in _latest(catalog, "classifier", ("fingerprint",), "recognised").items():
+        if value is not None and fp in live_class:
+            recognised[live_class[fp]].append(bool(value))
     rows = []
     for c in plan.classes:
-        values = [float(s) for s in scores.get(c.name, []) if s is not None]
+        values = recognised.get(c.name, [])
         rows.append(ClassStatus(
             name=c.name,
             target=c.target,
             done=c.keep,
             remaining=c.create,
             obsolete=c.remove,
-            rejected=sum(1 for p in passed.get(c.name, []) if p is False),
+            rejected=len(rejected.get(c.name, ())),
             quality=sum(values) / len(values) if values else None,
         ))
     return rows
@@ -87,7 +87,7 @@ def render_status(rows: list[ClassStatus], console: Any) -> None:
             f"[yellow]{r.remaining}[/]" if r.remaining else "0",
             f"[red]{r.obsolete}[/]" if r.obsolete else "0",
             str(r.rejected),
-            f"{r.quality:.3f}" if r.quality is not None else "-",
+            f"{r.quality:.0%}" if r.quality is not None else "-",
         )
     if len(rows) > 1:
         table.add_row("[bold]total", *(f"[bold]{sum(getattr(r, f) for r in rows)}" for f in ("target", "done", "remaining", "obsolete", "rejected")), "")
