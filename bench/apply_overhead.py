@@ -144,11 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-workers", action="store_true", help="skip (d), two worker processes")
     parser.add_argument("--no-determinism", action="store_true", help="skip the batch 1 vs 8 comparison")
     parser.add_argument("--profile", action="store_true", help="cProfile one run of (a) and print the top")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for (a), (b), (c) (default: torch's, all cores); (d) always splits the cores")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    import torch  # noqa: F401  (imports are not part of any timing)
-    import diffusers  # noqa: F401
+    import diffusers  # noqa: F401  (imports are not part of any timing)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from diffspec.generate.tiny import build_tiny
     from diffspec.project import Project
@@ -198,8 +203,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  round {r + 1}: d (2 workers x 1 thread) {d:.2f}s", flush=True)
         d = min(d_times)
         same = hashes(Project(spec2).output) == base
-        print(f"(d) 2 worker processes      {d:7.2f}s  {len(units) / d:6.1f} images/s  vs (a) 1 worker x 2 threads: "
-              f"d / a = {d / a:.3f} ({'not slower' if d <= a else 'SLOWER'}); identical rows: {same}")
+        if args.threads:
+            torch.set_num_threads(2)
+            a2 = min(way_a(spec)[0] for _ in range(args.repeats))
+            print(f"  (a) again with 2 threads: {a2:.2f}s", flush=True)
+        else:
+            a2 = a
+        print(f"(d) 2 worker processes      {d:7.2f}s  {len(units) / d:6.1f} images/s  vs (a) 1 worker x 2 threads {a2:.2f}s: "
+              f"d / a = {d / a2:.3f} ({'not slower' if d <= a2 else 'SLOWER'}); identical rows: {same}")
 
     if not args.no_determinism:
         spec1 = write_spec(work, model, args.images, 1, args.size, args.steps, "out-batch1")

@@ -116,12 +116,17 @@ def package_versions() -> dict[str, str | None]:
 
 
 class Recorder:
-    """Appends rows to the catalog, one part per batch, each fingerprint once per run."""
+    """Appends rows to the catalog, one part per batch, each fingerprint once per run.
 
-    def __init__(self, catalog: Catalog, run_id: str) -> None:
+    Every ``compact_every`` parts the run's small parts are merged, so a long run never leaves
+    thousands of parts behind even if it is killed before its final compaction."""
+
+    def __init__(self, catalog: Catalog, run_id: str, compact_every: int = 256) -> None:
         self.catalog = catalog
         self.run_id = run_id
         self.seen: set[str] = set()
+        self.compact_every = compact_every
+        self._parts = 0
         self._lock = threading.Lock()
 
     def __call__(self, rows: list[dict[str, Any]]) -> int:
@@ -130,39 +135,57 @@ class Recorder:
             if fresh:
                 self.catalog.append_images(fresh, self.run_id)
                 self.seen.update(r["fingerprint"] for r in fresh)
+                self._parts += 1
+                if self._parts % self.compact_every == 0:
+                    self.catalog.compact("images", self.run_id)
             return len(fresh)
 
 
-def tidy_catalog(catalog: Catalog, current_run: str) -> list[str]:
-    """Finish what killed runs left in the images table: compact runs that never did, and
-    delete small parts a compaction had already merged (readers dedup either way; this keeps
-    the part count small and every fingerprint in one row)."""
+def merge_run_parts(catalog: Catalog, run_id: str) -> int:
+    """Merge every images part of one run into one (each fingerprint once); returns how many
+    parts were merged. Kill-safe: the merged part is durable before the old ones go, and a
+    merge interrupted half-way is finished by the next one (readers dedup in between)."""
+    import secrets
+
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    notes = []
-    by_run: dict[str, list[Path]] = {}
+    from diffspec.atomic import atomic_write
+
+    parts = [p for p in catalog.parts("images") if p.name.startswith(f"part-{run_id}-")]
+    if len(parts) < 2:
+        return 0
+    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
+    fps = table.column("fingerprint").to_pylist()
+    if len(set(fps)) != len(fps):
+        seen: set[str] = set()
+        keep = [i for i, fp in enumerate(fps) if not (fp in seen or seen.add(fp))]
+        table = table.take(pa.array(keep, pa.int64()))
+    target = parts[0].parent / f"part-{run_id}-{secrets.token_hex(2)}-all.parquet"
+    atomic_write(target, lambda fh: pq.write_table(table, fh, compression="zstd"))
+    for part in parts:
+        part.unlink(missing_ok=True)
+    return len(parts)
+
+
+def _run_of(part: Path) -> str:
+    return "-".join(part.name.removeprefix("part-").split("-")[:2])  # run ids are <utc stamp>-<hex>
+
+
+def tidy_catalog(catalog: Catalog, current_run: str) -> list[str]:
+    """Finish what killed runs left in the images table: merge each earlier run's parts into
+    one (a killed run never compacted; a kill during a compaction leaves rows twice). Readers
+    dedup either way; this keeps the part count small and every fingerprint in one row."""
+    runs: dict[str, int] = {}
     for part in catalog.parts("images"):
-        name = part.name.removeprefix("part-")
-        run = "-".join(name.split("-")[:2])  # run ids are <utc stamp>-<hex>
+        run = _run_of(part)
         if run != current_run:
-            by_run.setdefault(run, []).append(part)
-    for run, parts in by_run.items():
-        merged = [p for p in parts if p.name.endswith("-all.parquet")]
-        small = [p for p in parts if not p.name.endswith("-all.parquet")]
-        if not small:
-            continue
-        if merged:
-            have: set[str] = set()
-            for p in merged:
-                have.update(pq.read_table(p, columns=["fingerprint"]).column("fingerprint").to_pylist())
-            redundant = [p for p in small if set(pq.read_table(p, columns=["fingerprint"]).column("fingerprint").to_pylist()) <= have]
-            for p in redundant:
-                p.unlink(missing_ok=True)
-            if redundant:
-                notes.append(f"removed {len(redundant)} catalog parts of run {run} already merged by its compaction")
-        elif len(small) > 1:
-            catalog.compact("images", run)
-            notes.append(f"compacted {len(small)} catalog parts of interrupted run {run}")
+            runs[run] = runs.get(run, 0) + 1
+    notes = []
+    for run, count in sorted(runs.items()):
+        if count > 1:
+            merged = merge_run_parts(catalog, run)
+            notes.append(f"merged {merged} catalog parts of earlier run {run}")
     return notes
 
 
@@ -342,8 +365,7 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
     catalog.append_run(_run_row(plan, run_id, phase, started, executor=exec_name, devices=devices, workers=n_workers,
                                 planned=planned, made=made, skipped=skipped, failed=failed, log=log, versions=versions))
     try:
-        catalog.compact("images", run_id)
-        catalog.compact("runs", run_id)
+        merge_run_parts(catalog, run_id)
     except Exception as exc:  # compaction is an optimisation; readers cope with many parts
         log.append(event("compact_failed", f"{type(exc).__name__}: {exc}"))
     if error is not None and not isinstance(error, KeyboardInterrupt):

@@ -7,13 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
-from test_apply_support import check_catalog, write_spec
+from test_apply_support import check_catalog, one_torch_thread, write_spec  # noqa: F401
 
 from diffspec.catalog.lock import OutputLock
 from diffspec.catalog.query import run_query
 from diffspec.catalog.store import Catalog
 from diffspec.errors import LockError
 from diffspec.project import Project
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CLASSES = """
 a: {target: 6, prompt: "a photo of a cat"}
@@ -140,10 +142,11 @@ def test_status_gc_and_prune(tmp_path: Path) -> None:
     live = Catalog(output).live_images(["fingerprint", "class_name"]).to_pylist()
     a_fps = [r["fingerprint"] for r in live if r["class_name"] == "a"]
     cat = Catalog(output)
-    cat.append_stage("filters", pa.table({"fingerprint": a_fps, "passed": [False, True, True, True, True, False]}), "t1")
-    cat.append_stage("classifier", pa.table({"fingerprint": a_fps, "score": [0.5, 1.0, 0.5, 1.0, 0.5, 1.0]}), "t1")
+    cat.append_stage("filters", pa.table({"fingerprint": a_fps * 2, "filter": ["clip"] * 6 + ["dup"] * 6,
+                                          "passed": [False, True, True, True, True, False] + [False] + [True] * 5}), "t1")
+    cat.append_stage("classifier", pa.table({"fingerprint": a_fps, "recognised": [True, True, False, True, True, True]}), "t1")
     status = {s.name: s for s in Project(spec).status()}
-    assert status["a"].rejected == 2 and status["a"].quality == pytest.approx(0.75)
+    assert status["a"].rejected == 2 and status["a"].quality == pytest.approx(5 / 6)
     assert status["b"].rejected == 0 and status["b"].quality is None
     assert status["a"].to_dict()["class"] == "a"
 

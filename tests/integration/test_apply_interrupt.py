@@ -10,16 +10,19 @@ import sys
 import time
 from pathlib import Path
 
-from test_apply_support import check_catalog, write_spec
+import pytest
+from test_apply_support import check_catalog, one_torch_thread, write_spec  # noqa: F401
 
 from diffspec.catalog.store import Catalog
 from diffspec.project import Project
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_sigint_stops_after_the_batches_in_flight_and_the_next_apply_resumes(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path, 'a: {target: 160, prompt: "a photo of a cat"}', size=32, steps=4, max_batch=4)
+    spec = write_spec(tmp_path, 'a: {target: 64, prompt: "a photo of a cat"}', size=32, steps=4, max_batch=4)
     counter = tmp_path / "writes.txt"
-    env = {**os.environ, "DIFFSPEC_WRITE_COUNTER": str(counter), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "DIFFSPEC_WRITE_COUNTER": str(counter), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "diffspec.cli", "apply", str(spec), "-q"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -36,11 +39,11 @@ def test_sigint_stops_after_the_batches_in_flight_and_the_next_apply_resumes(tmp
     runs = [r for r in Catalog(output).runs() if r["phase"] != "started"]
     assert [r["phase"] for r in runs] == ["interrupted"]
     made = runs[0]["made"]
-    assert 8 <= made < 160
+    assert 8 <= made < 64
     writes = len(counter.read_text().splitlines())
     assert writes == made, "every image written before the stop is recorded (no batch abandoned mid-way)"
     check_catalog(output, expected=made)
 
     result = Project(spec).apply(progress=False)
-    assert result.made == 160 - made and result.failed == 0
-    check_catalog(output, expected=160)
+    assert result.made == 64 - made and result.failed == 0
+    check_catalog(output, expected=64)

@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
-from test_apply_support import check_catalog, write_spec
+from test_apply_support import check_catalog, one_torch_thread, write_spec  # noqa: F401
 
 from diffspec.catalog.store import Catalog
 from diffspec.errors import GenerationError
 from diffspec.generate.backend import Backend
 from diffspec.project import Project
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class OomAboveTwo(Backend):

@@ -22,6 +22,21 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 _TINY: dict[str, Path] = {}
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run a test's in-process generation on one torch thread (restored after).
+
+    On a 2-core machine shared with other jobs, two OpenMP threads can be 10x slower than one
+    (every parallel region waits for a descheduled thread); the tests check behaviour, not speed.
+    Tests that compare thread counts do not use this."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_sd() -> Path:
     """A tiny random-weight Stable Diffusion txt2img pipeline folder, built once per session."""
     if "sd" not in _TINY:

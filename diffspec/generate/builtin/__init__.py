@@ -19,7 +19,10 @@ def builtin_path(name: str = "digits") -> pathlib.Path:
     """The folder of the shipped weights of ``builtin:<name>`` (no torch import)."""
     if name not in BUILTIN_MODELS:
         raise FileNotFoundError(f"no built-in model {name!r}; known: {', '.join(BUILTIN_MODELS)}")
-    return pathlib.Path(__file__).resolve().parent / name
+    path = pathlib.Path(__file__).resolve().parent / name
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"built-in model {name!r} is missing its weights: no {path / 'model_index.json'}")
+    return path
 
 
 def __getattr__(name: str) -> Any:

@@ -38,7 +38,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
-from diffusers.schedulers import KarrasDiffusionSchedulers  # noqa: F401  (typing/docs)
 from diffusers.utils.torch_utils import randn_tensor
 
 __all__ = [

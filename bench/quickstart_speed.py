@@ -1,0 +1,110 @@
+"""1,000 images of the quickstart model (builtin:digits) through `diffspec apply`, against the
+bare model call in the same run.
+
+    python bench/quickstart_speed.py [--images 1000] [--repeats 2]
+
+(a) `Project(spec).plan()` + `.apply()` on a fresh output: plan, lock, batches, PNG with
+    provenance, atomic durable writes, catalog parts, run records (the filters stage off, so
+    both sides make the same images and nothing else);
+(b) the bare model: `DigitsPipeline.from_pretrained(...)` and one call per batch of the same
+    size, same prompts, steps, guidance and one generator per image; no I/O.
+Prints images/s of both and the ratio a / b (target <= 1.10). Best of --repeats, interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def write_spec(folder: Path, images: int, batch: int) -> Path:
+    per_class = images // 10
+    classes = "\n".join(
+        f'  {name}: {{target: {per_class}, prompt: "a {{weight}} {{slant}} handwritten {name}"}}'
+        for name in ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    )
+    spec = folder / "speed.yaml"
+    spec.write_text(textwrap.dedent("""\
+        version: 1
+        dataset: digits-speed
+        output: out
+        models:
+          digits: {source: "builtin:digits", scheduler: ddim}
+        defaults: {model: digits, size: [32, 32], steps: 20, guidance: 3.0, seed: 2024}
+        budget: {devices: cpu, max_batch: %d}
+        vars:
+          weight: [thin, thick]
+          slant: [upright, slanted]
+        classes:
+        """) % batch + classes + "\n", encoding="utf-8")
+    return spec
+
+
+def run_apply(spec: Path) -> tuple[float, int]:
+    from diffspec.project import Project
+
+    shutil.rmtree(spec.parent / "out", ignore_errors=True)
+    t0 = time.perf_counter()
+    project = Project(spec)
+    result = project.apply(project.plan(), progress=False, stages=False)
+    return time.perf_counter() - t0, result.made
+
+
+def run_bare(spec: Path, batch: int) -> tuple[float, int]:
+    import torch
+
+    from diffspec.generate.builtin.digits import DigitsPipeline, builtin_path
+    from diffspec.project import Project
+
+    units = list(Project(spec).plan().units_to_create())  # the same prompts and seeds (untimed)
+    t0 = time.perf_counter()
+    pipe = DigitsPipeline.from_pretrained(builtin_path("digits"))
+    from diffusers import DDIMScheduler
+
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    made = 0
+    for i in range(0, len(units), batch):
+        chunk = units[i:i + batch]
+        out = pipe(prompt=[u.prompt for u in chunk], negative_prompt=None, num_inference_steps=20, guidance_scale=3.0,
+                   generator=[torch.Generator("cpu").manual_seed(u.seed) for u in chunk], height=32, width=32)
+        made += len(out.images)
+    return time.perf_counter() - t0, made
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    import torch  # noqa: F401  (imported before timing, for both sides)
+    import diffusers  # noqa: F401
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = write_spec(Path(tmp), args.images, args.batch)
+        apply_times, bare_times = [], []
+        for _ in range(args.repeats):
+            t, made = run_apply(spec)
+            apply_times.append(t)
+            t_bare, made_bare = run_bare(spec, args.batch)
+            bare_times.append(t_bare)
+        assert made == made_bare == args.images // 10 * 10, (made, made_bare)
+    a, b = min(apply_times), min(bare_times)
+    print(f"images:               {made}")
+    print(f"(a) diffspec apply:   {a:.2f} s  ({made / a:.1f} images/s)")
+    print(f"(b) bare model call:  {b:.2f} s  ({made / b:.1f} images/s)")
+    print(f"ratio a / b:          {a / b:.3f}  (target <= 1.10)")
+    return 0 if a / b <= 1.10 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
