@@ -64,7 +64,7 @@ def run_bare(spec: Path, batch: int) -> tuple[float, int]:
     from diffspec.generate.builtin.digits import DigitsPipeline, builtin_path
     from diffspec.project import Project
 
-    units = list(Project(spec).plan().units_to_create())  # the same prompts and seeds (untimed)
+    units = list(Project(spec).plan().all_units())  # the same prompts and seeds (untimed)
     t0 = time.perf_counter()
     pipe = DigitsPipeline.from_pretrained(builtin_path("digits"))
     from diffusers import DDIMScheduler

@@ -318,6 +318,8 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
     error: BaseException | None = None
     class_totals = Counter(u.class_name for u in todo)
     view = RunProgress(console, class_totals, enabled=progress and bool(todo))
+    t_setup = time.perf_counter() - t0
+    t_first: float | None = None
     try:
         with _Signals() as signals, view:
             runner.start()
@@ -330,8 +332,9 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
                 if outcomes is None:
                     break
                 for outcome in outcomes:
-                    made_now = _take(outcome, recorder, log, failures, per_class, view)
-                    made += made_now
+                    made += _take(outcome, recorder, log, failures, per_class, view)
+                    if t_first is None and outcome.rows:
+                        t_first = time.perf_counter() - t0
     except BaseException as exc:  # KeyboardInterrupt (second Ctrl-C), a bug, a full disk
         error = exc
         interrupted = isinstance(exc, KeyboardInterrupt)
@@ -340,6 +343,7 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
             runner.close()
         except BaseException:
             pass
+    t_batches = time.perf_counter() - t0
     # Temp files of dead workers; nobody else writes here (we hold the lock).
     remove_leftovers(output / "images")
     if interrupted and len(recorder.seen) + len(failures) >= len(todo):
@@ -362,6 +366,10 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
         removed = pruned.count
         log.append(event("prune", f"removed {pruned.count} images ({pruned.bytes} bytes)", count=pruned.count))
     seconds = time.perf_counter() - t0
+    if todo:
+        log.append(event("timing", f"set-up {t_setup:.2f}s, first images recorded at {t_first or 0:.2f}s, "
+                         f"last at {t_batches:.2f}s, wrap-up {seconds - t_batches:.2f}s",
+                         setup=round(t_setup, 3), first=round(t_first or 0, 3), batches=round(t_batches, 3)))
     catalog.append_run(_run_row(plan, run_id, phase, started, executor=exec_name, devices=devices, workers=n_workers,
                                 planned=planned, made=made, skipped=skipped, failed=failed, log=log, versions=versions))
     try:

@@ -225,42 +225,60 @@ def worker_main(wid: int, device: str, threads: int | None, tasks: Any, results:
     if os.getppid() != parent_pid:
         os._exit(3)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when to stop
-    send_lock = threading.Lock()
-
-    def send(message: Any) -> None:
-        with send_lock:
-            results.send(message)
-
     try:
         import torch
 
         if threads:
             torch.set_num_threads(threads)
+    except BaseException:
+        os._exit(5)
+    if not worker_loop(wid, device, tasks, results, settings, backend_factory):
+        os._exit(4)
+
+
+def worker_loop(wid: int, device: str, tasks: Any, results: Any, settings: WriterSettings, backend_factory: Any) -> bool:
+    """Receive batches until told to stop; generate, write files (a writer thread overlaps the
+    next batch), send rows back. Returns False after an error (already reported)."""
+    send_lock = threading.Lock()
+    failed = threading.Event()
+
+    def send(message: Any) -> None:
+        with send_lock:
+            results.send(message)
+
+    def report() -> None:
+        failed.set()
+        try:
+            send(("error", wid, traceback.format_exc()))
+        except Exception:
+            pass
+
+    runner: BatchRunner | None = None
+    try:
         runner = BatchRunner(device, backend_factory, worker=wid)
         writer = ImageWriter(Path(settings.output), settings.run_id, settings.dataset, settings.labels, device)
         write_q: queue.Queue = queue.Queue(maxsize=1)
-        errors: list[str] = []
 
         def write_loop() -> None:
             while True:
                 item = write_q.get()
                 if item is None:
                     return
+                if failed.is_set():
+                    continue
                 batch, out = item
                 try:
                     send(("outcome", wid, write_outcome(writer, batch, out, wid)))
                 except BaseException:
-                    errors.append(traceback.format_exc())
-                    send(("error", wid, traceback.format_exc()))
-                    os._exit(4)
+                    report()
 
-        thread = threading.Thread(target=write_loop, name="diffspec-write", daemon=True)
+        thread = threading.Thread(target=write_loop, name=f"diffspec-write-{wid}", daemon=True)
         thread.start()
         send(("ready", wid, os.getpid()))
-        while True:
+        while not failed.is_set():
             try:
                 message = tasks.recv()
-            except EOFError:
+            except (EOFError, OSError):
                 break
             if message is None:
                 break
@@ -271,12 +289,47 @@ def worker_main(wid: int, device: str, threads: int | None, tasks: Any, results:
         write_q.put(None)
         thread.join()
         runner.close()
+        if failed.is_set():
+            return False
         send(("bye", wid))
+        return True
     except BaseException:
-        try:
-            send(("error", wid, traceback.format_exc()))
-        finally:
-            os._exit(5)
+        report()
+        if runner is not None:
+            try:
+                runner.close()
+            except BaseException:
+                pass
+        return False
+
+
+class _LocalProcess:
+    """A worker in a thread of the driver, shaped like a multiprocessing.Process for the executor."""
+
+    def __init__(self, target: Any, args: tuple, name: str) -> None:
+        self.ok: bool | None = None
+
+        def run() -> None:
+            self.ok = bool(target(*args))
+
+        self.thread = threading.Thread(target=run, name=name, daemon=True)
+        self.pid = os.getpid()
+        self.sentinel = None
+
+    def start(self) -> None:
+        self.thread.start()
+
+    @property
+    def exitcode(self) -> int | None:
+        if self.thread.is_alive():
+            return None
+        return 0 if self.ok else 1
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self.thread.is_alive()
 
 
 @dataclass
@@ -292,11 +345,13 @@ class _Worker:
     stopping: bool = False
     gone: bool = False
     pid: int | None = None
+    local: bool = False  # a thread of the driver, not a process
 
 
 class ProcessExecutor:
     def __init__(self, batches: Sequence[Batch], devices: Sequence[str], settings: WriterSettings,
-                 backend_factory: Any = None, max_attempts: int = MAX_ATTEMPTS, max_restarts: int | None = None) -> None:
+                 backend_factory: Any = None, max_attempts: int = MAX_ATTEMPTS, max_restarts: int | None = None,
+                 local_first: bool = True) -> None:
         import multiprocessing as mp
 
         self.ctx = mp.get_context("spawn")
@@ -318,28 +373,43 @@ class ProcessExecutor:
         self._done = False
         self._pending_outcomes: list[Outcome] = []
         self.workers_count = len(self.devices)
+        self.local_first = local_first
+        self._driver_threads: int | None = None
 
     # ---- workers ------------------------------------------------------------------------
-    def _spawn(self, device: str) -> _Worker:
+    def _spawn(self, device: str, local: bool = False) -> _Worker:
         wid = self._next_wid
         self._next_wid += 1
         task_r, task_w = self.ctx.Pipe(duplex=False)
         res_r, res_w = self.ctx.Pipe(duplex=False)
-        process = self.ctx.Process(
-            target=worker_main, name=f"diffspec-worker-{wid}",
-            args=(wid, device, self.threads, task_r, res_w, self.settings, self.factory, os.getpid()),
-            daemon=True,
-        )
+        if local:
+            process: Any = _LocalProcess(worker_loop, (wid, device, task_r, res_w, self.settings, self.factory),
+                                         name=f"diffspec-worker-{wid}")
+        else:
+            process = self.ctx.Process(
+                target=worker_main, name=f"diffspec-worker-{wid}",
+                args=(wid, device, self.threads, task_r, res_w, self.settings, self.factory, os.getpid()),
+                daemon=True,
+            )
         process.start()
-        task_r.close()
-        res_w.close()
-        worker = _Worker(wid, device, process, task_w, res_r)
+        if not local:
+            task_r.close()
+            res_w.close()
+        worker = _Worker(wid, device, process, task_w, res_r, local=local)
         self.workers.append(worker)
         return worker
 
     def start(self) -> None:
-        for device in self.devices:
-            self._spawn(device)
+        # CPU workers: the driver hosts the first one in a thread, so generation starts at once
+        # while the other processes import torch and load the model (their start-up is hidden).
+        local_first = self.local_first and all(d == "cpu" for d in self.devices)
+        if local_first and self.threads:
+            import torch
+
+            self._driver_threads = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+        for i, device in enumerate(self.devices):
+            self._spawn(device, local=local_first and i == 0)
 
     def _has_work(self) -> bool:
         return any(self.queues.values())
@@ -440,7 +510,7 @@ class ProcessExecutor:
         if (self._has_work() or lost) and not self._stopping:
             if self.restarts < self.max_restarts:
                 self.restarts += 1
-                new = self._spawn(worker.device)
+                new = self._spawn(worker.device)  # a process, also in place of the driver's own worker
                 events.append(event("worker_restart", f"started worker {new.wid} on {worker.device} in place of worker {worker.wid}",
                                     worker=new.wid, replaces=worker.wid))
         self._pending_outcomes.append(Outcome(-1, events=events))
@@ -469,7 +539,8 @@ class ProcessExecutor:
         waitables: dict[Any, _Worker] = {}
         for w in live:
             waitables[w.results] = w
-            waitables[w.process.sentinel] = w
+            if w.process.sentinel is not None:
+                waitables[w.process.sentinel] = w
         ready = wait(list(waitables), timeout=timeout) if waitables else []
         for obj in ready:
             w = waitables[obj]
@@ -498,9 +569,14 @@ class ProcessExecutor:
                 self._send_stop(w)
         for w in self.workers:
             w.process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if w.process.is_alive():
+            if w.process.is_alive() and not w.local:
                 w.process.kill()
                 w.process.join(timeout=5)
+        if self._driver_threads is not None:
+            import torch
+
+            torch.set_num_threads(self._driver_threads)
+            self._driver_threads = None
             for conn in (w.tasks, w.results):
                 try:
                     conn.close()

@@ -106,12 +106,11 @@ class BatchRunner:
     def close(self) -> None:
         if self.backend is not None:
             try:
-                self.backend.close()
+                self.backend.close()  # frees the pipeline (gc + CUDA cache)
             finally:
                 self.backend = None
                 self.load_key = None
                 self.strategy = None
-                _free_memory()
 
     def scheduler_config(self, key: PipelineKey) -> dict[str, Any]:
         if key not in self._sched:

@@ -30,12 +30,15 @@ MARKER_ENV = "DIFFSPEC_TEST_KILL_MARKER"
 
 
 class KillsItsWorkerOnce(Backend):
-    """Test-only: the first batch any worker runs SIGKILLs that worker (once per marker file),
-    like the OOM killer or a segfault would."""
+    """Test-only: the first batch a worker *process* runs SIGKILLs it (once per marker file),
+    like the OOM killer or a segfault would. (The driver hosts one CPU worker in a thread; that
+    one is never killed, or the test itself would die.)"""
 
     def generate(self, units):
+        import multiprocessing
+
         marker = os.environ.get(MARKER_ENV)
-        if marker:
+        if marker and multiprocessing.parent_process() is not None:  # a worker process, never the driver
             try:
                 fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
