@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="diffspec-overhead-"))
     model = build_tiny("sd", "txt2img", work / "tiny")
     spec = write_spec(work, model, args.images, args.batch, args.size, args.steps, "out-a")
+    shutil.rmtree(Project(spec).output, ignore_errors=True)
     units = sorted(Project(spec).plan().units_to_create(), key=lambda u: u.index)
+    assert len(units) == args.images, len(units)
     print(f"{len(units)} images {args.size}x{args.size}, DDIM {args.steps} steps, CFG, batch {args.batch}, "
           f"CPU {torch.get_num_threads()} threads, {args.repeats} rounds; work dir {work}", flush=True)
     way_c(model, units[:args.batch], args.steps, args.size, args.batch)  # warm caches once

@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-python -m pytest -q "$@"
+# Two workers: the suite is CPU-bound and this machine kind has two cores.
+python -m pytest -q -n 2 "$@"

@@ -136,7 +136,7 @@ class LocalExecutor:
                 self._write_q.put(item, timeout=0.2)
                 return
             except queue.Full:
-                if self._error is not None and item is not None:
+                if (self._error is not None and item is not None) or not self._threads[1].is_alive():
                     return
 
     def _generate(self) -> None:
@@ -149,11 +149,13 @@ class LocalExecutor:
             self._error = exc
             self._stop.set()
         finally:
+            # Done: tell the writer first, then free the pipeline (a gc pass) while the driver
+            # records the run's end; close(wait=True) waits for it.
+            self._put(None)
             try:
                 self.runner.close()
             except Exception:
                 pass
-            self._put(None)
 
     def _write(self) -> None:
         try:
@@ -192,16 +194,17 @@ class LocalExecutor:
             pass
         if None in items:
             self._done = True
-            for t in self._threads:
-                t.join()
+            self._threads[1].join()
             if self._error is not None:
                 raise self._error
         return [i for i in items if i is not None]
 
-    def close(self) -> None:
+    def close(self, wait: bool = False) -> None:
+        """Stop; the pipeline is freed in the background unless ``wait``."""
         self._stop.set()
-        for t in self._threads:
-            t.join(timeout=60)
+        if len(self._threads) == 2:
+            self._threads[1].join(timeout=60)
+            self._threads[0].join(timeout=60 if wait else 0)
 
 
 # ============================================================================ worker processes
@@ -561,7 +564,7 @@ class ProcessExecutor:
             return None
         return out
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         self._stopping = True
         deadline = time.monotonic() + 30
         for w in self.workers:

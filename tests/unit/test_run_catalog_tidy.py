@@ -1,0 +1,54 @@
+"""What killed runs leave in the catalog is tidied by the next apply: small parts merged, rows
+a half-finished compaction left twice kept once. Real Parquet parts, no model."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from diffspec.catalog.schema import IMAGES
+from diffspec.catalog.store import Catalog
+from diffspec.run.apply import Recorder, merge_run_parts, tidy_catalog
+
+
+def rows(fps: list[str], run: str) -> list[dict]:
+    base = {name: None for name in IMAGES.names}
+    return [{**base, "fingerprint": fp, "class_name": "a", "path": f"images/a/{fp}.png", "run_id": run,
+             "created_at": datetime.now(timezone.utc)} for fp in fps]
+
+
+def raw_fps(cat: Catalog) -> list[str]:
+    return cat.read_table("images", ["fingerprint"]).column("fingerprint").to_pylist()
+
+
+def test_a_killed_runs_parts_are_merged_and_a_half_done_compaction_is_finished(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path)
+    killed = "20260101T000000-aaaaaa"
+    for i in range(3):
+        cat.append_images(rows([f"k{i}a", f"k{i}b"], killed), killed)
+    # a run killed between its compaction's write and its clean-up: merged part + old parts
+    half = "20260101T000100-bbbbbb"
+    cat.append_images(rows(["h1", "h2"], half), half)
+    cat.append_images(rows(["h3"], half), half)
+    cat.compact("images", half)
+    cat.append_images(rows(["h1", "h2"], half), half)  # as if the old part were still there
+    assert len(raw_fps(cat)) == 11 and len(cat.parts("images")) == 5
+
+    notes = tidy_catalog(cat, current_run="20260101T000200-cccccc")
+    assert len(notes) == 2
+    fps = raw_fps(cat)
+    assert sorted(fps) == sorted(["k0a", "k0b", "k1a", "k1b", "k2a", "k2b", "h1", "h2", "h3"])
+    assert len(cat.parts("images")) == 2
+    assert tidy_catalog(cat, current_run="x") == []  # idempotent
+
+
+def test_the_current_runs_parts_are_left_alone_and_merged_at_its_end(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path)
+    run = "20260101T000300-dddddd"
+    rec = Recorder(cat, run, compact_every=2)
+    for i in range(5):
+        assert rec(rows([f"r{i}"], run)) == 1
+    assert rec(rows(["r0"], run)) == 0  # each fingerprint once per run
+    assert tidy_catalog(cat, current_run=run) == []
+    assert merge_run_parts(cat, run) >= 2
+    assert len(cat.parts("images")) == 1 and sorted(raw_fps(cat)) == [f"r{i}" for i in range(5)]
