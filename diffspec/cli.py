@@ -258,12 +258,37 @@ def export_cmd(
     fmt: Annotated[str, typer.Option("--format", "-f", help="imagefolder, yolo, hf or csv.")] = "imagefolder",
     profile: ProfileOpt = None,
     link: Annotated[bool, typer.Option("--link/--copy", help="Hard-link images instead of copying when possible.")] = True,
+    include_rejected: Annotated[bool, typer.Option("--include-rejected", help="Also export images a filter rejected.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was exported as JSON.")] = False,
 ) -> None:
     """Export the catalog's images in a format training code reads."""
+    from rich.table import Table
+
     from diffspec.project import Project
 
-    path = _run(lambda: Project(spec, profile=profile).export(fmt, dest, link=link))
-    out.print(f"exported to {path}", highlight=False)
+    result = _run(lambda: Project(spec, profile=profile).export(fmt, dest, link=link, include_rejected=include_rejected))
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        return
+    table = Table(show_edge=False, header_style="bold")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    for name, count in result.counts.items():
+        table.add_row(escape(name), str(count))
+    if len(result.counts) > 1:
+        table.add_row("[bold]total", f"[bold]{result.total}")
+    out.print(table)
+    files = ", ".join(f"{n} {k}" for k, n in (("linked", result.linked), ("copied", result.copied),
+                                              ("unchanged", result.unchanged), ("removed", result.removed)) if n)
+    out.print(f"exported {result.total} image{'s' if result.total != 1 else ''} ({fmt}) to {escape(str(result.path))}"
+              + (f" [dim]({files})[/]" if files else ""), highlight=False)
+    skipped = [f"{n} {why}" for why, n in (("rejected by filters (--include-rejected to add them)", result.skipped_rejected),
+                                           ("no longer in the spec (see `diffspec plan`)", result.skipped_obsolete),
+                                           ("without labels", result.skipped_unlabelled)) if n]
+    if skipped:
+        out.print("skipped: " + "; ".join(skipped), highlight=False, markup=False)
+    for note in result.notes:
+        out.print(f"note: {note}", highlight=False, markup=False)
 
 
 @app.command()

@@ -74,3 +74,7 @@ class GenerationError(DiffspecError):
 
 class StageError(DiffspecError):
     """A post-generation stage cannot run as configured."""
+
+
+class ExportError(DiffspecError):
+    """The catalog's images cannot be exported as asked (unknown format, missing file, no labels)."""

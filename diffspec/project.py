@@ -132,7 +132,9 @@ class Project:
 
         return write_report(self.loaded, self.catalog, Path(out) if out else None)
 
-    def export(self, fmt: str, dest: str | Path, **options: Any) -> Path:
+    def export(self, fmt: str, dest: str | Path, **options: Any) -> Any:
+        """Write the images as ``fmt`` (imagefolder, yolo, hf, csv) under ``dest``; returns an
+        ``ExportResult`` (``.path``, ``.counts`` per class). See `diffspec.export.export`."""
         from diffspec.export import export
 
         return export(self.loaded, self.catalog, fmt, Path(dest), **options)
