@@ -97,6 +97,18 @@ def main() -> int:
         plan = build_plan(load_spec(spec_path), Catalog(loaded.output))
         plan_time = time.perf_counter() - t0
         assert plan.total_keep == total and plan.total_create == 0, (plan.total_keep, plan.total_create)
+        del plan
+        gc.collect()
+
+        # Also shown (not the target): every target raised by 1%, so the plan reads the
+        # recorded durations to estimate the new images' time.
+        raised = [line.replace(f"target: {per_class},", f"target: {per_class + per_class // 100},") for line in lines]
+        spec_path.write_text(SPEC.format(classes="\n".join(raised)))
+        t0 = time.perf_counter()
+        plan = build_plan(load_spec(spec_path), Catalog(loaded.output))
+        raised_time = time.perf_counter() - t0
+        raised_create = plan.total_create
+        assert plan.total_keep == total and raised_create == args.classes * (per_class // 100), raised_create
 
     ratio = plan_time / floor
     rss = peak_rss_mib()
@@ -105,6 +117,7 @@ def main() -> int:
     print(f"plan time:            {plan_time:.2f} s")
     print(f"sha256 floor:         {floor:.2f} s")
     print(f"ratio plan/floor:     {ratio:.2f}  (target <= 3)")
+    print(f"targets raised 1%:    {raised_time:.2f} s, ratio {raised_time / floor:.2f}  ({raised_create:,} to create; reads recorded durations)")
     print(f"peak RSS:             {rss:.0f} MiB  (target <= 2048)")
     return 0 if ratio <= 3 and rss <= 2048 else 1
 
