@@ -4,10 +4,10 @@
     python bench/kill_drill.py --units 60 --kills 4 --workers 2
 
 An apply of a tiny random-weight SD pipeline (``build_tiny``) runs as a subprocess
-(``python -m diffspec.cli apply spec.yaml -q``) and is SIGKILLed at random moments: most
-kills land a random time after the run has started writing images, some land anywhere in
-start-up (lock, clean-up, catalog tidy, model load). After the kills, a last apply runs to the
-end. The audit checks:
+(``python -m diffspec.cli apply spec.yaml -q``) and is SIGKILLed at random moments: every
+fourth kill at a random moment of start-up (lock, clean-up, catalog tidy, imports, model
+load), the others a random time after the run's first image write. After the kills, a last
+apply runs to the end. The audit checks:
 
 * the catalog has exactly the planned number of rows, and no fingerprint twice;
 * every row's file exists and its sha256 and size match the row;
@@ -93,7 +93,7 @@ def audit(output: Path) -> dict[str, Any]:
 
 
 def run_drill(workdir: Path, *, units: int = 240, kills: int = 12, batch: int = 8, size: int = 64, steps: int = 20,
-              workers: int = 1, seed: int = 0, after_write: tuple[float, float] = (0.0, 1.2),
+              workers: int = 1, seed: int = 0, after_write: tuple[float, float] = (0.0, 2.0),
               model: Path | None = None, verbose: bool = True) -> dict[str, Any]:
     from diffspec.project import Project
 
@@ -117,7 +117,7 @@ def run_drill(workdir: Path, *, units: int = 240, kills: int = 12, batch: int = 
         before = _lines(counter)
         proc = _start(spec, env, log)
         t0 = time.perf_counter()
-        startup_kill = bool(first_write) and rng.random() < 0.25
+        startup_kill = bool(first_write) and done_kills % 4 == 2  # every 4th kill lands in start-up
         if startup_kill:  # anywhere in start-up: lock, clean-up, tidy, imports, model load
             deadline = t0 + rng.uniform(0.05, max(0.1, min(first_write)))
         else:

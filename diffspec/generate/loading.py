@@ -73,7 +73,8 @@ def _is_offline_error(exc: BaseException) -> bool:
         pass
     return any(
         marker in text
-        for marker in ("offline", "localentrynotfound", "connection", "max retries", "resolve", "cannot find the requested files")
+        for marker in ("offline", "localentrynotfound", "connection", "max retries", "resolve", "cannot find the requested files",
+                       "not fully cached", "outgoing traffic has been disabled", "fetch metadata from the hub")
     )
 
 

@@ -1,8 +1,8 @@
 """Write generated images: deterministic PNG with provenance, atomic and durable, then a row.
 
 Each image goes to ``<output>/images/<class>/<fingerprint>.png`` (``unit.relpath``) through
-:func:`diffspec.atomic.atomic_write` (a temp file in the same folder, fsync, rename); the folders
-of a batch are fsynced once after its renames. Only then are its catalog rows built, so a row
+:func:`diffspec.atomic.atomic_write_many`, a batch at a time (temp files in the same folder,
+fsync, rename, then each folder fsynced once). Only then are its catalog rows built, so a row
 never points to a file that a crash could lose.
 
 The PNG carries its provenance in tEXt chunks (iTXt when a value is not Latin-1): prompt,
@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from diffspec.atomic import atomic_write, fsync_dir
+from diffspec.atomic import atomic_write_many
 from diffspec.errors import DiffspecError
 from diffspec.plan.unit import WorkUnit
 
@@ -127,23 +127,27 @@ class ImageWriter:
         """Write (unit, PIL image) pairs; returns what was written, durable on return."""
         self._count([u for u, _ in items])
         written: list[Written] = []
-        folders: set[Path] = set()
+        files: list[tuple[Path, bytes]] = []
+        folders: dict[str, Path] = {}
         for unit, image in items:
-            target = check_inside(self.root, unit.relpath)
+            target = self._target(unit.relpath, folders)
             data = encode_png(image, png_metadata(unit, scheduler_configs.get(unit.key)))
-
-            def write(fh: Any, data: bytes = data) -> None:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-
-            # fsync of the file inside `write`; the folder is fsynced once per batch below.
-            atomic_write(target, write, durable=False)
-            folders.add(target.parent)
+            files.append((target, data))
             written.append(Written(unit, unit.relpath, hashlib.sha256(data).hexdigest(), len(data)))
-        for folder in sorted(folders):
-            fsync_dir(folder)
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_many(files)
         return written
+
+    def _target(self, relpath: str, folders: dict[str, Path]) -> Path:
+        """Where ``relpath`` goes, confined under the output root: each folder is resolved
+        once per batch (symlinks included), the file name must be a plain name."""
+        folder, _, name = relpath.rpartition("/")
+        if folder not in folders:
+            folders[folder] = check_inside(self.root, folder)
+        if not name or name in (".", "..") or "\\" in name:
+            raise DiffspecError(f"refusing to write {relpath!r}: not a plain file name")
+        return folders[folder] / name
 
     def rows(self, written: Sequence[Written], seconds: dict[str, float], batch_sizes: dict[str, int],
              scheduler_configs: dict[Any, dict[str, Any]], dtype: str | None = None) -> list[dict[str, Any]]:

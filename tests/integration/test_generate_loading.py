@@ -172,3 +172,17 @@ def test_builtin_digits_loads_through_the_backend(digits_source):
     assert max_diff(first[0].image, swapped) > 0
     with pytest.raises(GenerationError, match="txt2img only"):
         _backend(model, "img2img")
+
+
+def test_not_fully_cached_message_counts_as_offline(monkeypatch):
+    # diffusers words a missing snapshot this way when local_files_only was forced by an
+    # earlier failed lookup; it must still get the "download it once" advice.
+    from huggingface_hub import constants
+
+    from diffspec.generate.loading import _is_offline_error
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    exc = OSError("Cannot load model x/y: the model is not fully cached locally (Cannot find an appropriate cached "
+                  "snapshot folder for the specified revision on the local disk and outgoing traffic has been disabled.)")
+    assert _is_offline_error(exc)
+    assert not _is_offline_error(ValueError("unexpected key in state dict"))

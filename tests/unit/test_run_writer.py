@@ -77,3 +77,14 @@ def test_files_are_durable_and_rows_have_every_catalog_column(tmp_path: Path, mo
     import pyarrow as pa
 
     pa.Table.from_pylist(rows, schema=IMAGES)  # the catalog accepts them
+
+
+def test_a_class_folder_that_links_outside_the_root_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (tmp_path / "out" / "images").mkdir(parents=True)
+    (tmp_path / "out" / "images" / "cats").symlink_to(outside, target_is_directory=True)
+    writer = ImageWriter(tmp_path / "out", "run1", "ds", {}, "cpu")
+    with pytest.raises(DiffspecError, match="outside the output root"):
+        writer.write_files([(make_unit(), image())], {})
+    assert list(outside.iterdir()) == []
