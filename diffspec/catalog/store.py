@@ -144,7 +144,10 @@ class Catalog:
 
     # ---- read ---------------------------------------------------------------------------
     def read_table(self, table: str, columns: list[str] | None = None) -> pa.Table:
-        parts = self.parts(table)
+        return self.read_parts(self.parts(table), table, columns)
+
+    def read_parts(self, parts: Sequence[Path], table: str, columns: list[str] | None = None) -> pa.Table:
+        """These parts of ``table``, concatenated in order."""
         schema = {"images": IMAGES, "runs": RUNS, "removed": REMOVED}.get(table)
         if not parts:
             if schema is None:
@@ -154,7 +157,7 @@ class Catalog:
             if schema is not None and len(parts) > 1:
                 # One multi-threaded scan instead of a file at a time (3-5x faster over many
                 # parts); a column an older part lacks reads as nulls. Row order follows `parts`.
-                return pq.read_table(parts, columns=columns, schema=schema, partitioning=None)
+                return pq.read_table(list(parts), columns=columns, schema=schema, partitioning=None)
             tables = [pq.read_table(p, columns=columns) for p in parts]
             return pa.concat_tables(tables, promote_options="default")
         except (OSError, pa.ArrowInvalid) as exc:

@@ -155,7 +155,7 @@ def merge_run_parts(catalog: Catalog, run_id: str) -> int:
     parts = [p for p in catalog.parts("images") if p.name.startswith(f"part-{run_id}-")]
     if len(parts) < 2:
         return 0
-    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
+    table = catalog.read_parts(parts, "images")
     fps = table.column("fingerprint").to_pylist()
     if len(set(fps)) != len(fps):
         seen: set[str] = set()
