@@ -13,7 +13,8 @@ On a CPU, with a tiny random-weight SD pipeline (``build_tiny``) saved to a fold
 
 All three load the pipeline from the folder inside the timed region (torch and diffusers are
 imported before). Targets: a <= 1.10 x c and a <= 0.80 x b. Each figure is the best of
-``--repeats`` interleaved rounds (this machine is shared; the minimum is the least disturbed).
+``--repeats`` interleaved rounds, in a rotating order (this machine is shared; the minimum is
+the least disturbed).
 
 Also: (d) apply with two CPU worker processes (one torch thread each) against (a), one worker
 with two threads, checking that both make identical rows (fingerprints and sha256); and the
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-workers", action="store_true", help="skip (d), two worker processes")
     parser.add_argument("--no-determinism", action="store_true", help="skip the batch 1 vs 8 comparison")
     parser.add_argument("--profile", action="store_true", help="cProfile one run of (a) and print the top")
@@ -185,14 +186,23 @@ def main(argv: list[str] | None = None) -> int:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
     a_times, b_times, c_times, c_gen = [], [], [], []
-    for r in range(args.repeats):
-        a, result = way_a(spec)
-        a_times.append(a)
+    def run_a() -> None:
+        a_times.append(way_a(spec)[0])
+
+    def run_b() -> None:
         b_times.append(way_b(model, units, args.steps, args.size, work / "out-b"))
+
+    def run_c() -> None:
         c, g = way_c(model, units, args.steps, args.size, args.batch)
         c_times.append(c)
         c_gen.append(g)
-        print(f"  round {r + 1}: a {a:.2f}s  b {b_times[-1]:.2f}s  c {c:.2f}s (c without load {g:.2f}s)", flush=True)
+
+    ways = [run_a, run_b, run_c]
+    for r in range(args.repeats):
+        for way in ways[r % 3:] + ways[:r % 3]:  # rotate the order: no way always runs first or last
+            way()
+        print(f"  round {r + 1}: a {a_times[-1]:.2f}s  b {b_times[-1]:.2f}s  c {c_times[-1]:.2f}s "
+              f"(c without load {c_gen[-1]:.2f}s)", flush=True)
     a, b, c = min(a_times), min(b_times), min(c_times)
     print(f"(a) diffspec apply          {a:7.2f}s  {len(units) / a:6.1f} images/s")
     print(f"(b) one call per image+save {b:7.2f}s  {len(units) / b:6.1f} images/s")

@@ -19,6 +19,7 @@ Reproducibility rules:
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import inspect
 import logging
@@ -184,7 +185,9 @@ class Backend:
 
     def _use_scheduler(self, key: PipelineKey) -> None:
         template, _ = self._scheduler_for(key)
-        scheduler = type(template).from_config(template.config)  # fresh state every call
+        # Fresh state every call (schedulers count their steps); a copy of the never-used
+        # template is that state, 10x cheaper than from_config's validation (3 ms a batch).
+        scheduler = copy.deepcopy(template)
         self.pipe.scheduler = scheduler
         decoder = getattr(self.pipe, "decoder_pipe", None)  # Kandinsky combined pipelines
         if decoder is not None:

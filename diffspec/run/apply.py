@@ -21,6 +21,7 @@ interrupted; a second Ctrl-C aborts at once (what was recorded stays recorded).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -254,11 +255,15 @@ def apply_plan(plan: Plan, loaded: LoadedSpec, *, prune: bool = False, executor:
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc)
     lock = OutputLock(output, run_id).acquire()
+    # Everything alive now (torch, diffusers, the plan) stays alive for the run: out of the
+    # collector's way, so a full collection walks only what the run makes (one took 0.18 s).
+    gc.freeze()
     try:
         return _apply_locked(plan, loaded, run_id, t0, started, prune=prune, executor=executor, workers=workers,
                              progress=progress, console=console, max_units=max_units, backend_factory=backend_factory,
                              stale_lock=lock.was_stale)
     finally:
+        gc.unfreeze()
         lock.release()
 
 
