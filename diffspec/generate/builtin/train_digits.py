@@ -29,14 +29,15 @@ How it works
   (decay 0.999 with the usual ``(1 + n) / (10 + n)`` warm-up).  The EMA weights ship.
 * Determinism: fixed seeds (``torch.manual_seed``, a seeded ``torch.Generator`` for
   batches, timesteps, noise and dropout), ``torch.use_deterministic_algorithms``,
-  a fixed thread count.  The same machine and library versions give the same weights.
+  a fixed thread count.  The same machine and library versions give the same weights
+  (another CPU may round differently and give other weights of the same quality).
 * At the end it samples 30 images per digit (20 DDIM steps, guidance 3) and prints
   the accuracy judged by ``diffspec.stages.digit_classifier``.
 
-Measured on the 2-core CPU this was built on (torch 2.13 CPU, diffusers 0.42.1):
-about 0.16 s per step on an otherwise idle machine (300 steps in 48 s), so about
-8 minutes for the 3,000 steps of the shipped weights; with other jobs competing for
-the two cores the shipped run took 30 minutes of wall time.  Result: 100% of 300
+Measured on the 2-core CPU this was built on (torch 2.13 CPU, diffusers 0.42.1): on an
+otherwise idle machine the 3,000 steps of the shipped weights took 6 min 46 s of wall time,
+evaluation included (0.13 s per step); with other jobs competing for the two cores the
+shipped run took 30 minutes.  Result: 100% of 300
 DDIM-20-step images (guidance 3) recognised; see docs/builtin-digits.md.
 """
 
