@@ -84,40 +84,60 @@ def atomic_write_many(files: Sequence[tuple[Path, bytes]]) -> None:
     each folder once. On return every file is durable under its final name; on an error none
     is left half written (temp files are removed; those already renamed are whole).
     """
-    pending: list[tuple[int, Path, Path]] = []
+    # No file descriptor is held across the batch, so a batch of any size stays far from the
+    # process's open-file limit: syncfs needs one descriptor on the filesystem, fsync reopens.
+    temps: list[tuple[Path, Path]] = []
+    synced = False
     try:
         for path, data in files:
             tmp = path.parent / f".{path.name}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+            temps.append((tmp, path))
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-            pending.append((fd, tmp, path))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        synced = bool(pending) and _syncfs(pending[0][0])
-        if not synced:
-            for fd, _, _ in pending:
-                os.fsync(fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        if temps:
+            synced = _syncfs_folder(temps[0][1].parent)
+            if not synced:
+                for tmp, _ in temps:
+                    _fsync_file(tmp)
     except BaseException:
-        for fd, tmp, _ in pending:
-            os.close(fd)
+        for tmp, _ in temps:
             tmp.unlink(missing_ok=True)
         raise
-    last_fd = pending[-1][0] if pending else -1
-    for fd, _, _ in pending[:-1]:
-        os.close(fd)
+    renamed = 0
     try:
-        for i, (_, tmp, path) in enumerate(pending):
+        for tmp, path in temps:
             os.replace(tmp, path)
-        if not (synced and _syncfs(last_fd)):
-            for folder in sorted({path.parent for _, _, path in pending}):
+            renamed += 1
+        if temps and not (synced and _syncfs_folder(temps[0][1].parent)):
+            for folder in sorted({path.parent for _, path in temps}):
                 fsync_dir(folder)
     except BaseException:
-        for _, tmp, _ in pending[i:]:
+        for tmp, _ in temps[renamed:]:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _syncfs_folder(folder: Path) -> bool:
+    if _SYNCFS is None or os.environ.get("DIFFSPEC_SYNCFS", "1") == "0":
+        return False
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        return _syncfs(fd)
     finally:
-        if last_fd >= 0:
-            os.close(last_fd)
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove_leftovers(folder: Path) -> int:

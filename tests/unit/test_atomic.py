@@ -67,3 +67,18 @@ def test_a_failure_leaves_no_temp_file_and_no_new_name(tmp_path: Path) -> None:
 def test_nothing_to_write_is_fine(tmp_path: Path) -> None:
     atomic_write_many([])
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("syncfs", ["1", "0"])
+def test_a_batch_larger_than_the_open_file_limit_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: str) -> None:
+    resource = pytest.importorskip("resource")
+    monkeypatch.setenv("DIFFSPEC_SYNCFS", syncfs)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        files = [(tmp_path / f"{i}.png", b"%d" % i) for i in range(600)]
+        atomic_write_many(files)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert all(path.read_bytes() == data for path, data in files)
+    assert not _temps(tmp_path)
