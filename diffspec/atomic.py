@@ -100,7 +100,7 @@ def atomic_write_many(files: Sequence[tuple[Path, bytes]]) -> None:
             finally:
                 os.close(fd)
         if temps:
-            synced = _syncfs_folder(temps[0][1].parent)
+            synced = _syncfs_folders(sorted({path.parent for _, path in temps}))
             if not synced:
                 for tmp, _ in temps:
                     _fsync_file(tmp)
@@ -113,7 +113,7 @@ def atomic_write_many(files: Sequence[tuple[Path, bytes]]) -> None:
         for tmp, path in temps:
             os.replace(tmp, path)
             renamed += 1
-        if temps and not (synced and _syncfs_folder(temps[0][1].parent)):
+        if temps and not (synced and _syncfs_folders(sorted({path.parent for _, path in temps}))):
             for folder in sorted({path.parent for _, path in temps}):
                 fsync_dir(folder)
     except BaseException:
@@ -122,14 +122,35 @@ def atomic_write_many(files: Sequence[tuple[Path, bytes]]) -> None:
         raise
 
 
-def _syncfs_folder(folder: Path) -> bool:
+def make_durable(paths: Sequence[Path]) -> None:
+    """Make files that already have their final names durable, and their folders' entries."""
+    if not paths:
+        return
+    if _syncfs_folders(sorted({path.parent for path in paths})):
+        return
+    for path in paths:
+        _fsync_file(path)
+    for folder in sorted({path.parent for path in paths}):
+        fsync_dir(folder)
+
+
+def _syncfs_folders(folders: Sequence[Path]) -> bool:
+    """syncfs(2) once per filesystem holding ``folders`` (a class folder may be a mount point);
+    False if syncfs is unavailable or switched off, and the caller must fsync instead."""
     if _SYNCFS is None or os.environ.get("DIFFSPEC_SYNCFS", "1") == "0":
         return False
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        return _syncfs(fd)
-    finally:
-        os.close(fd)
+    done: set[int] = set()
+    for folder in folders:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            device = os.fstat(fd).st_dev
+            if device not in done:
+                if not _syncfs(fd):
+                    return False
+                done.add(device)
+        finally:
+            os.close(fd)
+    return True
 
 
 def _fsync_file(path: Path) -> None:

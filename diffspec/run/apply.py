@@ -51,6 +51,7 @@ from diffspec.run.executor import (
     threads_per_worker,
 )
 from diffspec.run.runner import event
+from diffspec.run.adopt import adopt_orphans
 from diffspec.run.writer import ImageWriter, check_inside
 from diffspec.spec.loader import LoadedSpec
 
@@ -76,10 +77,11 @@ class ApplyResult:
     failures: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (fingerprint, why), first 100
     per_class: dict[str, int] = field(default_factory=dict)  # made per class
     stages: dict[str, Any] = field(default_factory=dict)  # what the post-generation stages did
+    adopted: int = 0  # whole images a killed run wrote but never recorded, recorded by this run
 
     @property
     def remaining(self) -> int:
-        return max(0, self.planned - self.skipped - self.made - self.failed)
+        return max(0, self.planned - self.skipped - self.adopted - self.made - self.failed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class ApplyResult:
             "planned": self.planned,
             "made": self.made,
             "skipped": self.skipped,
+            "adopted": self.adopted,
             "failed": self.failed,
             "remaining": self.remaining,
             "interrupted": self.interrupted,
@@ -295,10 +298,17 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
         check_inside(output, f"images/{cls}/x.png")
 
     budget = loaded.spec.budget
+    labels = {name: units_.label for name, units_ in plan.units.items()}
+    recorder = Recorder(catalog, run_id)
+    # Whole images a killed run wrote but did not record: recorded now, not made again.
+    adopted = adopt_orphans(todo, output, ImageWriter(output, run_id, plan.dataset, labels, "unknown"), recorder)
+    if adopted:
+        todo = [u for u in todo if u.fingerprint not in adopted]
+        log.append(event("adopted", f"recorded {len(adopted)} whole images a killed run had written but not recorded",
+                         count=len(adopted)))
     devices = resolve_devices(budget.devices, workers or budget.workers) if todo else ["cpu"]
     device_kind = "cuda" if devices[0].startswith("cuda") else "cpu"
     batches = plan_batches(todo, budget, device_kind)
-    labels = {name: units_.label for name, units_ in plan.units.items()}
     versions = package_versions()
     n_workers = len(devices)
     exec_name = "local" if n_workers == 1 else "processes"
@@ -309,7 +319,6 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
                          + (f", {threads_per_worker(devices)} torch threads each" if threads_per_worker(devices) else ""),
                          devices=devices))
 
-    recorder = Recorder(catalog, run_id)
     if n_workers == 1:
         writer = ImageWriter(output, run_id, plan.dataset, labels, devices[0])
         runner: Any = LocalExecutor(batches, devices[0], writer, recorder, backend_factory)
@@ -351,7 +360,7 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
     t_batches = time.perf_counter() - t0
     # Temp files of dead workers; nobody else writes here (we hold the lock).
     remove_leftovers(output / "images")
-    if interrupted and len(recorder.seen) + len(failures) >= len(todo):
+    if interrupted and len(recorder.seen) - len(adopted) + len(failures) >= len(todo):
         interrupted = False  # the stop came after the last batch: nothing is missing
     failed = len(failures)
     if error is not None and not isinstance(error, KeyboardInterrupt):
@@ -388,6 +397,7 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
         planned=planned,
         made=made,
         skipped=skipped,
+        adopted=len(adopted),
         failed=failed,
         interrupted=interrupted,
         seconds=seconds,

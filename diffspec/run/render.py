@@ -90,6 +90,7 @@ def render_summary(result: Any, console: Any) -> None:
     head = {"finished": "done", "interrupted": "interrupted", "failed": "finished with failures"}.get(r.phase, r.phase)
     console.print(
         f"[bold {colour}]{head}[/]: made {r.made}, skipped {r.skipped} (already there), failed {r.failed}"
+        + (f", adopted {r.adopted} (written by a killed run, now recorded)" if getattr(r, "adopted", 0) else "")
         + (f", removed {r.removed}" if r.removed else "")
         + f" in {format_duration(r.seconds)} ({r.images_per_second:.2f} images/s)  [dim]run {r.run_id}[/]",
         highlight=False,
