@@ -358,8 +358,10 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
         except BaseException:
             pass
     t_batches = time.perf_counter() - t0
-    # Temp files of dead workers; nobody else writes here (we hold the lock).
-    remove_leftovers(output / "images")
+    # Temp files of dead workers; nobody else writes here (we hold the lock). Only after a
+    # death: a live writer removes its own temp files, and this walks every image folder.
+    if any(e.get("event") == "worker_died" for e in log):
+        remove_leftovers(output / "images")
     if interrupted and len(recorder.seen) - len(adopted) + len(failures) >= len(todo):
         interrupted = False  # the stop came after the last batch: nothing is missing
     failed = len(failures)
