@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -68,11 +68,6 @@ def _syncfs_call() -> Callable[[int], int] | None:
 _SYNCFS = _syncfs_call()
 
 
-def _syncfs(fd: int) -> bool:
-    """Linux syncfs(2): flush the whole filesystem holding ``fd``; False where unavailable."""
-    return _SYNCFS is not None and os.environ.get("DIFFSPEC_SYNCFS", "1") != "0" and _SYNCFS(fd) == 0
-
-
 def atomic_write_many(files: Sequence[tuple[Path, bytes]]) -> None:
     """Write several files atomically and durably, far cheaper than one `atomic_write` each.
 
@@ -87,7 +82,6 @@ def atomic_write_many(files: Sequence[tuple[Path, bytes]]) -> None:
     # No file descriptor is held across the batch, so a batch of any size stays far from the
     # process's open-file limit: syncfs needs one descriptor on the filesystem, fsync reopens.
     temps: list[tuple[Path, Path]] = []
-    synced = False
     try:
         for path, data in files:
             tmp = path.parent / f".{path.name}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
@@ -99,11 +93,7 @@ def atomic_write_many(files: Sequence[tuple[Path, bytes]]) -> None:
                     view = view[os.write(fd, view):]
             finally:
                 os.close(fd)
-        if temps:
-            synced = _syncfs_folders(sorted({path.parent for _, path in temps}))
-            if not synced:
-                for tmp, _ in temps:
-                    _fsync_file(tmp)
+        _sync_files([tmp for tmp, _ in temps])
     except BaseException:
         for tmp, _ in temps:
             tmp.unlink(missing_ok=True)
@@ -113,9 +103,7 @@ def atomic_write_many(files: Sequence[tuple[Path, bytes]]) -> None:
         for tmp, path in temps:
             os.replace(tmp, path)
             renamed += 1
-        if temps and not (synced and _syncfs_folders(sorted({path.parent for _, path in temps}))):
-            for folder in sorted({path.parent for _, path in temps}):
-                fsync_dir(folder)
+        _sync_folders(_folders_of(path for _, path in temps))
     except BaseException:
         for tmp, _ in temps[renamed:]:
             tmp.unlink(missing_ok=True)
@@ -124,19 +112,36 @@ def atomic_write_many(files: Sequence[tuple[Path, bytes]]) -> None:
 
 def make_durable(paths: Sequence[Path]) -> None:
     """Make files that already have their final names durable, and their folders' entries."""
-    if not paths:
-        return
-    if _syncfs_folders(sorted({path.parent for path in paths})):
+    _sync_files(paths)
+    _sync_folders(_folders_of(paths))
+
+
+def _folders_of(paths: Iterable[Path]) -> list[Path]:
+    return sorted({path.parent for path in paths})
+
+
+def _sync_files(paths: Sequence[Path]) -> None:
+    """The contents of ``paths`` durable: one syncfs per filesystem, else an fsync per file."""
+    if _syncfs_folders(_folders_of(paths)):
         return
     for path in paths:
-        _fsync_file(path)
-    for folder in sorted({path.parent for path in paths}):
-        fsync_dir(folder)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _sync_folders(folders: Sequence[Path]) -> None:
+    """The entries of ``folders`` durable: one syncfs per filesystem, else an fsync per folder."""
+    if not _syncfs_folders(folders):
+        for folder in folders:
+            fsync_dir(folder)
 
 
 def _syncfs_folders(folders: Sequence[Path]) -> bool:
     """syncfs(2) once per filesystem holding ``folders`` (a class folder may be a mount point);
-    False if syncfs is unavailable or switched off, and the caller must fsync instead."""
+    False if syncfs is unavailable or switched off (``DIFFSPEC_SYNCFS=0``): fsync instead."""
     if _SYNCFS is None or os.environ.get("DIFFSPEC_SYNCFS", "1") == "0":
         return False
     done: set[int] = set()
@@ -145,20 +150,12 @@ def _syncfs_folders(folders: Sequence[Path]) -> bool:
         try:
             device = os.fstat(fd).st_dev
             if device not in done:
-                if not _syncfs(fd):
+                if _SYNCFS(fd) != 0:
                     return False
                 done.add(device)
         finally:
             os.close(fd)
     return True
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def remove_leftovers(folder: Path) -> int:

@@ -22,7 +22,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -353,3 +353,18 @@ def _write_if_changed(target: Path, data: bytes) -> None:
 def _copy_into(source: Path, fh: Any) -> None:
     with open(source, "rb") as src:
         shutil.copyfileobj(src, fh, 1 << 20)
+
+
+def write_class_folders(selection: Selection, dest: Path, fmt: str, link: bool, *, prefix: str, metadata: str,
+                        encode: Callable[[list[dict[str, Any]]], bytes]) -> ExportResult:
+    """The one-folder-per-class layouts: ``dest/<prefix><class>/<fingerprint>.png`` and a
+    metadata file beside the class folders whose ``file_name`` is relative to that file."""
+    out = DestWriter(dest, fmt, link)
+    records = []
+    for row in selection.rows:
+        rel = f"{row.class_name}/{row.fingerprint}{row.suffix}"
+        out.place(row.source, f"{prefix}{rel}", row.sha256)
+        records.append({"file_name": rel, **row.provenance()})
+    out.write_bytes(f"{prefix}{metadata}", encode(records))
+    stats = out.finish()
+    return ExportResult(dest, fmt, counts_by_class(selection.classes, selection.rows), **stats)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffspec.catalog.store import Catalog
-from diffspec.export.common import DestWriter, ExportResult, Selection, counts_by_class, jsonl_bytes
+from diffspec.export.common import ExportResult, Selection, jsonl_bytes, write_class_folders
 from diffspec.spec.loader import LoadedSpec
 
 SPLIT = "train"
@@ -20,12 +20,4 @@ METADATA = "metadata.jsonl"
 
 
 def write(loaded: LoadedSpec, catalog: Catalog, selection: Selection, dest: Path, *, link: bool) -> ExportResult:
-    out = DestWriter(dest, "hf", link)
-    records = []
-    for row in selection.rows:
-        rel = f"{row.class_name}/{row.fingerprint}{row.suffix}"
-        out.place(row.source, f"{SPLIT}/{rel}", row.sha256)
-        records.append({"file_name": rel, **row.provenance()})
-    out.write_bytes(f"{SPLIT}/{METADATA}", jsonl_bytes(records))
-    stats = out.finish()
-    return ExportResult(dest, "hf", counts_by_class(selection.classes, selection.rows), **stats)
+    return write_class_folders(selection, dest, "hf", link, prefix=f"{SPLIT}/", metadata=METADATA, encode=jsonl_bytes)

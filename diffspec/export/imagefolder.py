@@ -9,19 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffspec.catalog.store import Catalog
-from diffspec.export.common import COLUMNS, DestWriter, ExportResult, Selection, counts_by_class, csv_bytes
+from diffspec.export.common import COLUMNS, ExportResult, Selection, csv_bytes, write_class_folders
 from diffspec.spec.loader import LoadedSpec
 
 METADATA = "metadata.csv"
 
 
 def write(loaded: LoadedSpec, catalog: Catalog, selection: Selection, dest: Path, *, link: bool) -> ExportResult:
-    out = DestWriter(dest, "imagefolder", link)
-    records = []
-    for row in selection.rows:
-        rel = f"{row.class_name}/{row.fingerprint}{row.suffix}"
-        out.place(row.source, rel, row.sha256)
-        records.append({"file_name": rel, **row.provenance()})
-    out.write_bytes(METADATA, csv_bytes(("file_name", *COLUMNS), records))
-    stats = out.finish()
-    return ExportResult(dest, "imagefolder", counts_by_class(selection.classes, selection.rows), **stats)
+    return write_class_folders(selection, dest, "imagefolder", link, prefix="", metadata=METADATA,
+                               encode=lambda records: csv_bytes(("file_name", *COLUMNS), records))

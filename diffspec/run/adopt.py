@@ -58,7 +58,10 @@ def adopt_orphans(units: Sequence[WorkUnit], output: Path, writer: ImageWriter,
             names = {entry.name for entry in os.scandir(path) if entry.is_file(follow_symlinks=False)}
         except (FileNotFoundError, NotADirectoryError):
             continue
-        found.extend((u, path / u.relpath.rpartition("/")[2]) for u in group if u.relpath.rpartition("/")[2] in names)
+        for unit in group:
+            name = unit.relpath.rpartition("/")[2]
+            if name in names:
+                found.append((unit, path / name))
     adopted: list[tuple[WorkUnit, Path, bytes, dict[str, str]]] = []
     for unit, path in found:
         try:

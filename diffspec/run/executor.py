@@ -99,7 +99,7 @@ def threads_per_worker(devices: Sequence[str]) -> int | None:
 
 def _lower_priority() -> None:
     """Linux: lower this thread's scheduling priority (nice +10), so writing never takes a core
-    from torch's threads; the writer mostly waits on fsync anyway."""
+    from torch's threads; the writer mostly waits on the disk anyway."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):
@@ -209,7 +209,7 @@ class LocalExecutor:
                 raise self._error
         return [i for i in items if i is not None]
 
-    def close(self, wait: bool = False) -> None:
+    def close(self) -> None:
         """Stop; the pipeline is freed in the background."""
         self._stop = True
         self._end()
