@@ -84,6 +84,9 @@ def main_options(
 
 
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="Apply a named profile of the spec.")]
+ExecutorOpt = Annotated[Optional[str], typer.Option(
+    "--executor", help="auto (default: inprocess for one worker, processes for more), inprocess or processes.")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="CPU worker processes; default from the budget.")]
 
 
 @app.command()
@@ -127,12 +130,14 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Save the plan for `apply PLAN.json`.")] = None,
     detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode", help="Exit 0: no changes, 2: changes, 1: error.")] = False,
+    executor: ExecutorOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Show what apply would create, keep and remove, with time and memory estimates. Needs no GPU."""
     from diffspec.plan.render import render_json, render_markdown, render_table
     from diffspec.project import Project
 
-    the_plan = _run(lambda: Project(spec, profile=profile).plan())
+    the_plan = _run(lambda: Project(spec, profile=profile).plan(executor=executor, workers=workers))
     if out_file is not None:
         from diffspec.plan.planfile import save_plan
 
@@ -154,8 +159,8 @@ def apply(
     target: Annotated[Path, typer.Argument(help="Spec file, or a plan file saved by `plan --out`.")],
     profile: ProfileOpt = None,
     prune: Annotated[bool, typer.Option("--prune", help="Also delete images the plan removes.")] = False,
-    executor: Annotated[str, typer.Option("--executor", help="local or ray.")] = "local",
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes (CPU); default from the budget.")] = None,
+    executor: ExecutorOpt = None,
+    workers: WorkersOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
 ) -> None:
@@ -170,8 +175,9 @@ def apply(
             project = Project(the_plan.spec_path, profile=the_plan.profile)
         else:
             project = Project(target, profile=profile)
-            the_plan = project.plan()
-        return project.apply(the_plan, prune=prune, executor=executor, workers=workers, progress=not quiet and not as_json, console=err)
+            the_plan = project.plan(executor=executor, workers=workers)
+        return project.apply(the_plan, executor=executor, workers=workers, prune=prune,
+                             progress=not quiet and not as_json, console=err)
 
     result = _run(go)
     if as_json:

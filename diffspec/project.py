@@ -24,6 +24,13 @@ from diffspec.spec.loader import LoadedSpec, load_spec, spec_files
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from diffspec.export.common import ExportResult
+    from diffspec.machine import Machine
+    from diffspec.run.apply import ApplyResult
+    from diffspec.run.prune import PruneResult
+    from diffspec.run.status import ClassStatus
+    from diffspec.stages.runner import StagesResult
+
 
 @dataclass(frozen=True)
 class ValidationResult:
@@ -87,37 +94,44 @@ class Project:
     def validate(self) -> LoadedSpec:
         return self.loaded
 
-    def plan(self) -> Plan:
-        return build_plan(self.loaded, self.catalog)
+    def plan(self, *, executor: str | None = None, workers: int | None = None) -> Plan:
+        """What apply would do and how: ``executor`` and ``workers`` override the spec's budget."""
+        return build_plan(self.loaded, self.catalog, executor=executor, workers=workers)
 
-    def apply(self, plan: Plan | None = None, **options: Any) -> Any:
-        """Run `plan` (default: a fresh plan of the spec). See `diffspec.run.apply.apply_plan`."""
+    def apply(self, plan: Plan | None = None, *, executor: str | None = None, workers: int | None = None,
+              prune: bool = False, progress: bool = True, console: Any = None, max_units: int | None = None,
+              backend_factory: Any = None, stages: bool = True, machine: Machine | None = None) -> ApplyResult:
+        """Run ``plan`` (default: a fresh plan of the spec, with ``executor`` / ``workers``), then
+        the spec's stages. See `diffspec.run.apply.apply_plan`: the plan alone says what runs."""
         from diffspec.run.apply import apply_plan
 
-        plan = plan or self.plan()
+        if plan is None:
+            plan = self.plan(executor=executor, workers=workers)
+        else:
+            _check_overrides(plan, executor, workers)
         if Path(plan.spec_path).resolve() != self.spec_path.resolve():
             raise PlanError(f"the plan is for {plan.spec_path}, not {self.spec_path}")
-        run_stages_after = options.pop("stages", True)
-        result = apply_plan(plan, self.loaded, **options)
-        if run_stages_after and not result.interrupted:
+        result = apply_plan(plan, prune=prune, progress=progress, console=console, max_units=max_units,
+                            backend_factory=backend_factory, machine=machine)
+        if stages and not result.interrupted:
             from diffspec.stages.runner import run_stages
 
             outcome = run_stages(self.loaded, self.catalog, result.run_id)
             result = dataclasses.replace(result, stages=outcome.to_dict())
         return result
 
-    def run_stages(self) -> Any:
+    def run_stages(self) -> StagesResult:
         """Run the spec's stages over images that lack their output (apply does this itself)."""
         from diffspec.stages.runner import run_stages
 
         return run_stages(self.loaded, self.catalog)
 
-    def status(self) -> Any:
+    def status(self) -> list[ClassStatus]:
         from diffspec.run.status import class_status
 
         return class_status(self.loaded, self.plan(), self.catalog)
 
-    def gc(self, dry_run: bool = False) -> Any:
+    def gc(self, dry_run: bool = False) -> PruneResult:
         from diffspec.run.prune import prune
 
         return prune(self.plan(), self.catalog, dry_run=dry_run)
@@ -132,12 +146,23 @@ class Project:
 
         return write_report(self.loaded, self.catalog, Path(out) if out else None)
 
-    def export(self, fmt: str, dest: str | Path, **options: Any) -> Any:
+    def export(self, fmt: str, dest: str | Path, *, link: bool = True, include_rejected: bool = False) -> ExportResult:
         """Write the images as ``fmt`` (imagefolder, yolo, hf, csv) under ``dest``; returns an
         ``ExportResult`` (``.path``, ``.counts`` per class). See `diffspec.export.export`."""
         from diffspec.export import export
 
-        return export(self.loaded, self.catalog, fmt, Path(dest), **options)
+        return export(self.loaded, self.catalog, fmt, Path(dest), link=link, include_rejected=include_rejected)
+
+
+def _check_overrides(plan: Plan, executor: str | None, workers: int | None) -> None:
+    """A given plan runs as planned: an executor or worker count that differs is an error."""
+    ex = plan.execution
+    if executor not in (None, "", "auto") and executor != ex.executor:
+        raise PlanError(f"the plan runs on the {ex.executor} executor, not {executor}: make the plan with "
+                        f"`diffspec plan --executor {executor}` (or apply the spec itself)")
+    if workers is not None and workers != ex.workers:
+        raise PlanError(f"the plan has {ex.workers} worker{'s' if ex.workers != 1 else ''}, not {workers}: make the plan "
+                        f"with `diffspec plan --workers {workers}` (or apply the spec itself)")
 
 
 def plan_from_file(path: str | Path) -> Plan:

@@ -29,33 +29,11 @@ def specs_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def write_catalog() -> Callable[..., None]:
     """write(output, units, dataset): record catalog rows as if `apply` had made these units."""
     from diffspec.catalog.store import Catalog
+    from diffspec.run.writer import image_record
 
     def write(output: Path, units: Iterable[Any], dataset: str = "test", run_id: str = "test-run") -> None:
-        rows = [
-            {
-                "fingerprint": u.fingerprint,
-                "dataset": dataset,
-                "class_name": u.class_name,
-                "classes": list(u.classes),
-                "label": u.class_name,
-                "unit_index": u.index,
-                "seed": u.seed,
-                "prompt": u.prompt,
-                "negative_prompt": u.negative,
-                "model_name": u.key.model.name,
-                "model_source": u.key.model.source,
-                "family": u.key.model.family,
-                "mode": u.key.mode,
-                "scheduler": u.key.scheduler,
-                "width": u.key.width,
-                "height": u.key.height,
-                "steps": u.key.steps,
-                "guidance": u.key.guidance,
-                "path": u.relpath,
-                "canonical": u.canonical(),
-            }
-            for u in units
-        ]
-        Catalog(Path(output)).append_images(rows, run_id)
+        records = [image_record(u, path=u.relpath, sha256=None, nbytes=None, run_id=run_id, dataset=dataset,
+                                label=u.class_name) for u in units]
+        Catalog(Path(output)).append_images(records, run_id)
 
     return write

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from diffspec.atomic import atomic_write, remove_leftovers
+from diffspec.catalog.records import ImageRecord, RunRecord, images_table, runs_table
 from diffspec.catalog.schema import IMAGES, REMOVED, RUNS
 from diffspec.errors import CatalogError
 
@@ -101,16 +102,15 @@ class Catalog:
         atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
         return path
 
-    def append_images(self, rows: Sequence[dict[str, Any]], run_id: str) -> Path | None:
+    def append_images(self, records: Sequence[ImageRecord], run_id: str) -> Path | None:
         """Record durable images. Call only after their files are fsynced."""
-        if not rows:
+        if not records:
             return None
-        table = pa.Table.from_pylist(list(rows), schema=IMAGES)
-        return self._write_part(self.table_dir("images"), table, run_id)
+        return self._write_part(self.table_dir("images"), images_table(records), run_id)
 
-    def append_run(self, row: dict[str, Any]) -> None:
-        table = pa.Table.from_pylist([row], schema=RUNS)
-        self._write_part(self.table_dir("runs"), table, row["run_id"], tag=f"{row['phase']}-{next(self._seq):04}")
+    def append_run(self, record: RunRecord) -> None:
+        self._write_part(self.table_dir("runs"), runs_table([record]), record.run_id,
+                         tag=f"{record.phase}-{next(self._seq):04}")
 
     def append_stage(self, stage: str, table: pa.Table, run_id: str) -> Path | None:
         if table.num_rows == 0:
@@ -230,11 +230,3 @@ class Catalog:
 
     def runs(self) -> list[dict[str, Any]]:
         return self.read_table("runs").to_pylist()
-
-
-def image_row_keys() -> list[str]:
-    return IMAGES.names
-
-
-def rows_for(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: r.get(k) for k in IMAGES.names} for r in records]

@@ -18,8 +18,10 @@ import numpy as np
 
 from diffspec.catalog.store import Catalog, CatalogIndex
 from diffspec.plan.compile import ClassUnits, compile_spec
-from diffspec.plan.estimate import MemoryPlan, memory_plan, seconds_per_image
-from diffspec.plan.unit import PipelineKey, WorkUnit
+from diffspec import machine as machine_probe
+from diffspec.plan.estimate import MemoryPlan, seconds_per_image
+from diffspec.plan.execution import BudgetInputs, ExecutionPlan, plan_execution
+from diffspec.plan.unit import WorkUnit
 from diffspec.spec.loader import LoadedSpec
 
 
@@ -63,6 +65,7 @@ class Plan:
     created_at: float
     classes: tuple[ClassPlan, ...]
     removals: tuple[Removal, ...]
+    execution: ExecutionPlan = field(repr=False)
     units: dict[str, ClassUnits] = field(repr=False)
     create_index: dict[str, np.ndarray] = field(repr=False)  # per class: unit positions to make
     owners: dict[str, tuple[str, ...]] = field(repr=False, default_factory=dict)  # fp -> classes, dedup only
@@ -118,19 +121,27 @@ def _history(catalog: Catalog, has_rows: bool) -> dict[tuple[str, int, int, int]
     return out
 
 
-def build_plan(loaded: LoadedSpec, catalog: Catalog | None = None) -> Plan:
+def build_plan(loaded: LoadedSpec, catalog: Catalog | None = None, *, executor: str | None = None,
+               workers: int | None = None, execution: ExecutionPlan | None = None,
+               machine: machine_probe.Machine | None = None) -> Plan:
+    """Compile, diff against the catalog, and decide how to run: the frozen plan `apply` executes.
+
+    ``executor`` and ``workers`` override the spec's budget (``--executor``, ``--workers``);
+    ``execution`` reuses decisions already made (a saved plan file) instead of deciding again
+    on this machine; ``machine`` is the machine to plan for (default: this one, probed)."""
     # A plan holds millions of strings in a few containers and makes no cycles: the cyclic
     # collector would only walk those containers again and again (about 7% of a 1M-unit plan).
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _build_plan(loaded, catalog)
+        return _build_plan(loaded, catalog, executor, workers, execution, machine)
     finally:
         if enabled:
             gc.enable()
 
 
-def _build_plan(loaded: LoadedSpec, catalog: Catalog | None) -> Plan:
+def _build_plan(loaded: LoadedSpec, catalog: Catalog | None, executor: str | None, workers: int | None,
+                execution: ExecutionPlan | None, machine: machine_probe.Machine | None) -> Plan:
     import pyarrow as pa
 
     catalog = catalog or Catalog(loaded.output)
@@ -179,9 +190,11 @@ def _build_plan(loaded: LoadedSpec, catalog: Catalog | None) -> Plan:
     gone_classes = index.class_names.take(pa.array(gone_rows, pa.int64())).to_pylist() if gone_rows else []
     removal_counts = Counter(gone_classes)
 
-    budget = loaded.spec.budget
+    if execution is None:
+        keys = [v.key for n in names for v in compiled[n].variants]
+        execution = plan_execution(BudgetInputs.from_budget(loaded.spec.budget), keys,
+                                   machine or machine_probe.probe_machine(), executor=executor, workers=workers)
     history: dict[tuple[str, int, int, int], float] | None = None  # read only if something is to be made
-    memory_cache: dict[PipelineKey, MemoryPlan] = {}
     classes: list[ClassPlan] = []
     create_index: dict[str, np.ndarray] = {}
     for c_idx, name in enumerate(names):
@@ -200,9 +213,7 @@ def _build_plan(loaded: LoadedSpec, catalog: Catalog | None) -> Plan:
         per_variant = np.bincount(units.variant_of[to_make], minlength=len(units.variants)) if len(to_make) else None
         for v_idx, variant in enumerate(units.variants):
             key = variant.key
-            if key not in memory_cache:
-                memory_cache[key] = memory_plan(key, budget.vram_gb, budget.ram_gb, budget.max_batch, budget.strategy)
-            mem = memory_cache[key]
+            mem = execution.decision(key)
             memory = memory or mem
             count = int(per_variant[v_idx]) if per_variant is not None else 0
             if count:
@@ -212,8 +223,7 @@ def _build_plan(loaded: LoadedSpec, catalog: Catalog | None) -> Plan:
                 est += seconds * count
         first_key = units.variants[0].key if units.variants else None
         if memory is None:
-            memory = (memory_plan(first_key, budget.vram_gb, budget.ram_gb, budget.max_batch, budget.strategy)
-                      if first_key else MemoryPlan("cpu", 0, 0, 0, "none", 1, True, "-"))
+            memory = execution.decision(first_key) if first_key else MemoryPlan("cpu", 0, 0, 0, "none", 1, True, "-")
         classes.append(ClassPlan(
             name=name,
             label=units.label,
@@ -253,6 +263,7 @@ def _build_plan(loaded: LoadedSpec, catalog: Catalog | None) -> Plan:
         created_at=time.time(),
         classes=tuple(classes),
         removals=removals,
+        execution=execution,
         units=compiled,
         create_index=create_index,
         owners=owners,

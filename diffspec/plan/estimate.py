@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,16 +98,9 @@ def _bytes_per_param(dtype: str, device: str) -> int:
     return 2 if device == "cuda" else 4
 
 
-def default_ram_gb() -> float:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 * 0.75
-    except (ValueError, OSError, AttributeError):
-        return 8.0
-
-
-def memory_plan(key: PipelineKey, vram_gb: float | None, ram_gb: float | None, max_batch: int, forced: str = "auto") -> MemoryPlan:
-    device = "cuda" if vram_gb else "cpu"
-    budget = vram_gb or ram_gb or default_ram_gb()
+def memory_plan(key: PipelineKey, device: str, budget: float, max_batch: int, forced: str = "auto") -> MemoryPlan:
+    """The lightest strategy under which ``key``'s weights and at least one image fit ``budget``
+    GB on ``device`` (cuda or cpu), and the largest batch that then fits, at most ``max_batch``."""
     params_b, source = parameter_billions(key)
     family = key.model.family if key.model.family in FAMILY_TABLE else "sd"
     _, native, act_native, _, _ = FAMILY_TABLE[family]

@@ -64,6 +64,7 @@ def plan_to_dict(plan: Plan, with_timestamp: bool = False) -> dict[str, Any]:
             "estimated_seconds": round(plan.total_seconds, 1),
         },
         "classes": [_class_dict(c) for c in plan.classes],
+        "execution": plan.execution.to_dict(),
     }
     if with_timestamp:
         out["created_at"] = plan.created_at
@@ -105,12 +106,16 @@ def summary_line(plan: Plan) -> str:
     return line
 
 
+def execution_line(plan: Plan) -> str:
+    return f"Runs with: {plan.execution.describe()}; planned on {plan.execution.planned_on}."
+
+
 def render_markdown(plan: Plan) -> str:
     title = f"### diffspec plan: {plan.dataset}" + (f" (profile `{plan.profile}`)" if plan.profile else "")
     lines = [title, "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for row in _rows(plan):
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
-    lines += ["", summary_line(plan), ""]
+    lines += ["", summary_line(plan), "", execution_line(plan), ""]
     return "\n".join(lines)
 
 
@@ -128,6 +133,7 @@ def render_table(plan: Plan, console: Any) -> None:
         table.add_row(*(escape(cell) for cell in row), style=style)
     console.print(table)
     console.print(summary_line(plan))
+    console.print(execution_line(plan), highlight=False, markup=False)
     unfit = [c.name for c in plan.classes if not c.memory.fits and c.model != "-"]
     if unfit:
         console.print(f"[yellow]warning:[/] the memory budget is too small for: {escape(', '.join(unfit))}")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from diffspec.atomic import make_durable
+from diffspec.catalog.records import ImageRecord
 from diffspec.plan.unit import WorkUnit
 from diffspec.run.writer import ImageWriter, Written, check_inside
 
@@ -46,7 +47,7 @@ def _provenance(data: bytes, unit: WorkUnit) -> dict[str, str] | None:
 
 
 def adopt_orphans(units: Sequence[WorkUnit], output: Path, writer: ImageWriter,
-                  record: Callable[[list[dict[str, Any]]], Any]) -> set[str]:
+                  record: Callable[[list[ImageRecord]], Any]) -> set[str]:
     """Record the whole images of ``units`` already on disk; returns their fingerprints."""
     by_folder: dict[str, list[WorkUnit]] = defaultdict(list)
     for unit in units:
@@ -81,9 +82,5 @@ def adopt_orphans(units: Sequence[WorkUnit], output: Path, writer: ImageWriter,
         except ValueError:
             configs.setdefault(unit.key, {})
     written = [Written(unit, unit.relpath, hashlib.sha256(data).hexdigest(), len(data)) for unit, _, data, _ in adopted]
-    rows = writer.rows(written, {}, {}, configs)
-    for row in rows:
-        row["seconds"] = None  # unknown: the run that made it died before saying
-        row["batch_size"] = None
-    record(rows)
+    record(writer.records(written, {}, {}, configs, timed=False))
     return {unit.fingerprint for unit, _, _, _ in adopted}

@@ -1,15 +1,20 @@
 """`apply`: execute a plan's create set, resumable, recorded in the catalog batch by batch.
 
-Steps (SQLMesh's plan/apply, with ``add_interval`` per batch):
+`apply` takes a plan and nothing else: what to make, and how (executor, devices, memory
+strategy and batch size per pipeline group), are the plan's decisions. Steps (SQLMesh's
+plan/apply, with ``add_interval`` per batch):
 
+0. check this machine against the plan's execution decisions (re-plan visibly only where the
+   spec left the choice to the machine; refuse otherwise), before any work;
 1. take the output lock (one apply per output root; a dead run's flock is gone with it);
 2. clean what killed runs left: temp files under ``images/`` and ``catalog/``, and the small
    catalog parts of runs that never compacted;
 3. re-check the catalog: units recorded since the plan was made are skipped, so a plan (or a
    plan file) run twice makes only what is missing;
 4. record a ``runs`` row (phase ``started``) with the spec hash, devices, versions, counts;
-5. run the batches on the executor; every finished batch's rows are appended as one part
-   after its files are durable;
+5. form the batches the plan's decisions give and run them on the plan's executor
+   (`diffspec.run.executors`); every finished batch's rows are appended as one part after
+   its files are durable;
 6. record the end (``finished`` / ``interrupted`` / ``failed``) with counts and a JSON log of
    what the run did (OOM retries, strategy escalations, worker restarts, failed units);
 7. compact this run's image parts into one; with ``prune=True`` tombstone and delete what the
@@ -36,24 +41,18 @@ from typing import Any
 
 from diffspec.atomic import remove_leftovers
 from diffspec.catalog.lock import OutputLock
+from diffspec.catalog.records import RunRecord
+from diffspec.catalog.recorder import Recorder, merge_run_parts, tidy_catalog
 from diffspec.catalog.store import Catalog, new_run_id
-from diffspec.errors import DiffspecError
+from diffspec.machine import Machine
+from diffspec.plan.batches import plan_batches
 from diffspec.plan.diff import Plan
+from diffspec.plan.execution import ExecutionPlan, replan
 from diffspec.plan.unit import WorkUnit
-from diffspec.run.batching import plan_batches
-from diffspec.run.executor import (
-    LocalExecutor,
-    Outcome,
-    ProcessExecutor,
-    WriterSettings,
-    make_executor,
-    resolve_devices,
-    threads_per_worker,
-)
-from diffspec.run.runner import event
 from diffspec.run.adopt import adopt_orphans
+from diffspec.run.events import NOTABLE, RunEvent, UnitFailure, event
+from diffspec.run.executors import EXECUTORS, Outcome, RunContext
 from diffspec.run.writer import ImageWriter, check_inside
-from diffspec.spec.loader import LoadedSpec
 
 VERSIONED_PACKAGES = ("diffspec", "torch", "diffusers", "transformers", "accelerate")
 
@@ -74,10 +73,12 @@ class ApplyResult:
     output: str = ""
     devices: tuple[str, ...] = ()
     phase: str = "finished"
-    failures: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (fingerprint, why), first 100
+    failures: tuple[UnitFailure, ...] = field(default=(), repr=False)  # the first 100
     per_class: dict[str, int] = field(default_factory=dict)  # made per class
     stages: dict[str, Any] = field(default_factory=dict)  # what the post-generation stages did
     adopted: int = 0  # whole images a killed run wrote but never recorded, recorded by this run
+    executor: str = ""
+    replanned: tuple[str, ...] = ()  # how the run's execution differs from the plan's, if it does
 
     @property
     def remaining(self) -> int:
@@ -100,6 +101,8 @@ class ApplyResult:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 3),
             "devices": list(self.devices),
+            "executor": self.executor,
+            "replanned": list(self.replanned),
             "made_per_class": dict(sorted(self.per_class.items())),
             "failures": [{"fingerprint": fp, "error": why} for fp, why in self.failures],
             "log": list(self.log),
@@ -117,80 +120,6 @@ def package_versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             out[name] = None
     return out
-
-
-class Recorder:
-    """Appends rows to the catalog, one part per batch, each fingerprint once per run.
-
-    Every ``compact_every`` parts the run's small parts are merged, so a long run never leaves
-    thousands of parts behind even if it is killed before its final compaction."""
-
-    def __init__(self, catalog: Catalog, run_id: str, compact_every: int = 256) -> None:
-        self.catalog = catalog
-        self.run_id = run_id
-        self.seen: set[str] = set()
-        self.compact_every = compact_every
-        self._parts = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, rows: list[dict[str, Any]]) -> int:
-        with self._lock:
-            fresh = [r for r in rows if r["fingerprint"] not in self.seen]
-            if fresh:
-                self.catalog.append_images(fresh, self.run_id)
-                self.seen.update(r["fingerprint"] for r in fresh)
-                self._parts += 1
-                if self._parts % self.compact_every == 0:
-                    self.catalog.compact("images", self.run_id)
-            return len(fresh)
-
-
-def merge_run_parts(catalog: Catalog, run_id: str) -> int:
-    """Merge every images part of one run into one (each fingerprint once); returns how many
-    parts were merged. Kill-safe: the merged part is durable before the old ones go, and a
-    merge interrupted half-way is finished by the next one (readers dedup in between)."""
-    import secrets
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from diffspec.atomic import atomic_write
-
-    parts = [p for p in catalog.parts("images") if p.name.startswith(f"part-{run_id}-")]
-    if len(parts) < 2:
-        return 0
-    table = catalog.read_parts(parts, "images")
-    fps = table.column("fingerprint").to_pylist()
-    if len(set(fps)) != len(fps):
-        seen: set[str] = set()
-        keep = [i for i, fp in enumerate(fps) if not (fp in seen or seen.add(fp))]
-        table = table.take(pa.array(keep, pa.int64()))
-    target = parts[0].parent / f"part-{run_id}-{secrets.token_hex(2)}-all.parquet"
-    atomic_write(target, lambda fh: pq.write_table(table, fh, compression="zstd"))
-    for part in parts:
-        part.unlink(missing_ok=True)
-    return len(parts)
-
-
-def _run_of(part: Path) -> str:
-    return "-".join(part.name.removeprefix("part-").split("-")[:2])  # run ids are <utc stamp>-<hex>
-
-
-def tidy_catalog(catalog: Catalog, current_run: str) -> list[str]:
-    """Finish what killed runs left in the images table: merge each earlier run's parts into
-    one (a killed run never compacted; a kill during a compaction leaves rows twice). Readers
-    dedup either way; this keeps the part count small and every fingerprint in one row."""
-    runs: dict[str, int] = {}
-    for part in catalog.parts("images"):
-        run = _run_of(part)
-        if run != current_run:
-            runs[run] = runs.get(run, 0) + 1
-    notes = []
-    for run, count in sorted(runs.items()):
-        if count > 1:
-            merged = merge_run_parts(catalog, run)
-            notes.append(f"merged {merged} catalog parts of earlier run {run}")
-    return notes
 
 
 class _Signals:
@@ -216,44 +145,56 @@ class _Signals:
             signal.signal(sig, old)
 
 
-def _run_row(plan: Plan, run_id: str, phase: str, started: datetime, *, executor: str, devices: list[str],
-             workers: int, planned: int, made: int = 0, skipped: int = 0, failed: int = 0,
-             log: list[dict[str, Any]] | None = None, versions: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "phase": phase,
-        "dataset": plan.dataset,
-        "spec_path": plan.spec_path,
-        "spec_hash": plan.spec_hash,
-        "profile": plan.profile,
-        "started_at": started,
-        "ended_at": None if phase == "started" else datetime.now(timezone.utc),
-        "executor": executor,
-        "devices": json.dumps(devices),
-        "workers": workers,
-        "versions": json.dumps(versions or {}, sort_keys=True),
-        "planned": planned,
-        "made": made,
-        "skipped": skipped,
-        "failed": failed,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "log": json.dumps(log or [], ensure_ascii=False),
-    }
+def _run_record(plan: Plan, run_id: str, phase: str, started: datetime, *, execution: ExecutionPlan, planned: int,
+                made: int = 0, skipped: int = 0, failed: int = 0, log: list[RunEvent] | None = None,
+                versions: dict[str, Any] | None = None) -> RunRecord:
+    return RunRecord(
+        run_id=run_id,
+        phase=phase,
+        dataset=plan.dataset,
+        spec_path=plan.spec_path,
+        spec_hash=plan.spec_hash,
+        profile=plan.profile,
+        started_at=started,
+        ended_at=None if phase == "started" else datetime.now(timezone.utc),
+        executor=execution.executor,
+        devices=json.dumps(list(execution.devices)),
+        workers=execution.workers,
+        versions=json.dumps(versions or {}, sort_keys=True),
+        planned=planned,
+        made=made,
+        skipped=skipped,
+        failed=failed,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        log=json.dumps([e.to_dict() for e in log or []], ensure_ascii=False),
+    )
 
 
-def apply_plan(plan: Plan, loaded: LoadedSpec, *, prune: bool = False, executor: str = "local",
-               workers: int | None = None, progress: bool = True, console: Any = None,
-               max_units: int | None = None, backend_factory: Any = None) -> ApplyResult:
-    """Make the plan's create set. See the module docstring for the steps.
+def machine_for_run() -> Machine:
+    from diffspec.run.machine import torch_machine
 
-    ``backend_factory`` replaces :class:`diffspec.generate.backend.Backend` (same call
-    signature; picklable for worker processes): for tests that inject failures.
+    return torch_machine()
+
+
+def apply_plan(plan: Plan, *, prune: bool = False, progress: bool = True, console: Any = None,
+               max_units: int | None = None, backend_factory: Any = None, machine: Machine | None = None) -> ApplyResult:
+    """Make the plan's create set, as the plan decided. See the module docstring for the steps.
+
+    The plan alone says what to run and how (`Plan.execution`); before any work this machine
+    (``machine``, default: what torch sees) is checked against it: a mismatch the spec left to
+    the machine (``devices: auto``, no memory figure) is re-planned and the changes are logged
+    and returned; any other mismatch raises a PlanError. ``backend_factory`` replaces
+    :class:`diffspec.generate.backend.Backend` (same call signature; picklable for worker
+    processes): for tests that inject failures.
     """
-    make_executor(executor)
     output = Path(plan.output)
-    if Path(loaded.output).resolve() != output.resolve():
-        raise DiffspecError(f"the plan writes to {output} but the spec's output is {loaded.output}")
+    units: list[WorkUnit] = list(plan.units_to_create())
+    execution = plan.execution
+    replanned: tuple[str, ...] = ()
+    if units:
+        checked = replan(execution, {u.key for u in units}, machine or machine_for_run())
+        execution, replanned = checked.execution, checked.changes
     run_id = new_run_id()
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc)
@@ -262,22 +203,25 @@ def apply_plan(plan: Plan, loaded: LoadedSpec, *, prune: bool = False, executor:
     # collector's way, so a full collection walks only what the run makes (one took 0.18 s).
     gc.freeze()
     try:
-        return _apply_locked(plan, loaded, run_id, t0, started, prune=prune, executor=executor, workers=workers,
-                             progress=progress, console=console, max_units=max_units, backend_factory=backend_factory,
+        return _apply_locked(plan, units, execution, replanned, run_id, t0, started, prune=prune, progress=progress,
+                             console=console, max_units=max_units, backend_factory=backend_factory,
                              stale_lock=lock.was_stale)
     finally:
         gc.unfreeze()
         lock.release()
 
 
-def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, started: datetime, *, prune: bool,
-                  executor: str, workers: int | None, progress: bool, console: Any, max_units: int | None,
+def _apply_locked(plan: Plan, units: list[WorkUnit], execution: ExecutionPlan, replanned: tuple[str, ...], run_id: str,
+                  t0: float, started: datetime, *, prune: bool, progress: bool, console: Any, max_units: int | None,
                   backend_factory: Any, stale_lock: bool) -> ApplyResult:
     from diffspec.run.render import RunProgress
 
     output = Path(plan.output)
     catalog = Catalog(output)
-    log: list[dict[str, Any]] = []
+    log: list[RunEvent] = []
+    if replanned:
+        log.append(event("replanned", "this machine differs from the plan's; decided again: " + "; ".join(replanned),
+                         changes=list(replanned)))
     if stale_lock:
         log.append(event("stale_lock", "the previous run on this output did not end cleanly; its lock was released by its death"))
     leftovers = remove_leftovers(output / "images") + catalog.clean_leftovers()
@@ -287,7 +231,6 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
         log.append(event("catalog_tidy", note))
 
     # Re-check the catalog: what got recorded since the plan was made is skipped.
-    units: list[WorkUnit] = list(plan.units_to_create())
     planned = len(units)
     existing = _live_fingerprints(catalog)
     todo = [u for u in units if u.fingerprint not in existing]
@@ -297,7 +240,6 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
     for cls in sorted({u.class_name for u in todo}):
         check_inside(output, f"images/{cls}/x.png")
 
-    budget = loaded.spec.budget
     labels = {name: units_.label for name, units_ in plan.units.items()}
     recorder = Recorder(catalog, run_id)
     # Whole images a killed run wrote but did not record: recorded now, not made again.
@@ -306,27 +248,20 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
         todo = [u for u in todo if u.fingerprint not in adopted]
         log.append(event("adopted", f"recorded {len(adopted)} whole images a killed run had written but not recorded",
                          count=len(adopted)))
-    devices = resolve_devices(budget.devices, workers or budget.workers) if todo else ["cpu"]
-    device_kind = "cuda" if devices[0].startswith("cuda") else "cpu"
-    batches = plan_batches(todo, budget, device_kind)
+    batches = plan_batches(todo, execution)
     versions = package_versions()
-    n_workers = len(devices)
-    exec_name = "local" if n_workers == 1 else "processes"
-    catalog.append_run(_run_row(plan, run_id, "started", started, executor=exec_name, devices=devices,
-                                workers=n_workers, planned=planned, skipped=skipped, versions=versions))
-    if n_workers > 1:
-        log.append(event("workers", f"{n_workers} worker processes on {', '.join(sorted(set(devices)))}"
-                         + (f", {threads_per_worker(devices)} torch threads each" if threads_per_worker(devices) else ""),
-                         devices=devices))
+    catalog.append_run(_run_record(plan, run_id, "started", started, execution=execution, planned=planned,
+                                   skipped=skipped, versions=versions))
+    log.append(event("execution", f"{execution.describe()}; " + "; ".join(
+        f"{g.model}: {g.memory.describe()}" for g in sorted(execution.groups.values(), key=lambda g: g.model)),
+        executor=execution.executor, devices=list(execution.devices),
+        groups={gid: {"strategy": g.memory.strategy, "batch_size": g.memory.batch_size} for gid, g in execution.groups.items()}))
 
-    if n_workers == 1:
-        writer = ImageWriter(output, run_id, plan.dataset, labels, devices[0])
-        runner: Any = LocalExecutor(batches, devices[0], writer, recorder, backend_factory)
-    else:
-        runner = ProcessExecutor(batches, devices, WriterSettings(str(output), run_id, plan.dataset, labels), backend_factory)
+    context = RunContext(str(output), run_id, plan.dataset, labels, backend_factory)
+    runner = EXECUTORS.create(execution.executor, execution.devices, context, recorder)
 
     made = 0
-    failures: list[tuple[str, str]] = []
+    failures: list[UnitFailure] = []
     per_class: Counter[str] = Counter()
     interrupted = False
     error: BaseException | None = None
@@ -336,7 +271,11 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
     t_first: float | None = None
     try:
         with _Signals() as signals, view:
+            for note in replanned:
+                view.note(f"re-planned for this machine: {note}")
             runner.start()
+            for batch in batches:
+                runner.submit(batch)
             while True:
                 if signals.stop.is_set() and not interrupted:
                     interrupted = True
@@ -346,8 +285,8 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
                 if outcomes is None:
                     break
                 for outcome in outcomes:
-                    made += _take(outcome, recorder, log, failures, per_class, view)
-                    if t_first is None and outcome.rows:
+                    made += _take(outcome, log, failures, per_class, view)
+                    if t_first is None and outcome.records:
                         t_first = time.perf_counter() - t0
     except BaseException as exc:  # KeyboardInterrupt (second Ctrl-C), a bug, a full disk
         error = exc
@@ -360,7 +299,7 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
     t_batches = time.perf_counter() - t0
     # Temp files of dead workers; nobody else writes here (we hold the lock). Only after a
     # death: a live writer removes its own temp files, and this walks every image folder.
-    if any(e.get("event") == "worker_died" for e in log):
+    if any(e.kind == "worker_died" for e in log):
         remove_leftovers(output / "images")
     if interrupted and len(recorder.seen) - len(adopted) + len(failures) >= len(todo):
         interrupted = False  # the stop came after the last batch: nothing is missing
@@ -386,8 +325,8 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
         log.append(event("timing", f"set-up {t_setup:.2f}s, first images recorded at {t_first or 0:.2f}s, "
                          f"last at {t_batches:.2f}s, wrap-up {seconds - t_batches:.2f}s",
                          setup=round(t_setup, 3), first=round(t_first or 0, 3), batches=round(t_batches, 3)))
-    catalog.append_run(_run_row(plan, run_id, phase, started, executor=exec_name, devices=devices, workers=n_workers,
-                                planned=planned, made=made, skipped=skipped, failed=failed, log=log, versions=versions))
+    catalog.append_run(_run_record(plan, run_id, phase, started, execution=execution, planned=planned, made=made,
+                                   skipped=skipped, failed=failed, log=log, versions=versions))
     try:
         merge_run_parts(catalog, run_id)
     except Exception as exc:  # compaction is an optimisation; readers cope with many parts
@@ -405,13 +344,15 @@ def _apply_locked(plan: Plan, loaded: LoadedSpec, run_id: str, t0: float, starte
         seconds=seconds,
         images_per_second=made / seconds if seconds > 0 else 0.0,
         removed=removed,
-        log=tuple(e["message"] for e in log),
+        log=tuple(e.message for e in log),
         spec_path=plan.spec_path,
         output=str(output),
-        devices=tuple(devices),
+        devices=execution.devices,
         phase=phase,
         failures=tuple(failures[:100]),
         per_class=dict(per_class),
+        executor=execution.executor,
+        replanned=replanned,
     )
 
 
@@ -422,26 +363,17 @@ def _live_fingerprints(catalog: Catalog) -> set[str] | frozenset[str]:
     return getattr(index, "fingerprint_set", None) or set(index.fingerprints)
 
 
-def _take(outcome: Outcome, recorder: Recorder, log: list[dict[str, Any]], failures: list[tuple[str, str]],
-          per_class: Counter[str], view: Any) -> int:
-    """Record one outcome (if its executor did not already); returns images made."""
-    made = 0
-    if outcome.rows:
-        if outcome.recorded:
-            made = len(outcome.rows)
-            rows = outcome.rows
-        else:
-            fresh = {r["fingerprint"] for r in outcome.rows if r["fingerprint"] not in recorder.seen}
-            made = recorder(outcome.rows)
-            rows = [r for r in outcome.rows if r["fingerprint"] in fresh]
-        counts = Counter(r["class_name"] for r in rows)
+def _take(outcome: Outcome, log: list[RunEvent], failures: list[UnitFailure], per_class: Counter[str], view: Any) -> int:
+    """Count one outcome (its executor recorded it); returns images made."""
+    if outcome.records:
+        counts = Counter(r.class_name for r in outcome.records)
         per_class.update(counts)
         view.advance(counts)
     for e in outcome.events:
         log.append(e)
-        if e["event"] in ("oom_retry", "strategy_escalation", "worker_died", "worker_restart", "batch_failed", "load_failed", "worker_error"):
-            view.note(e["message"])
+        if e.kind in NOTABLE:
+            view.note(e.message)
     if outcome.failures:
         failures.extend(outcome.failures)
         view.fail(len(outcome.failures))
-    return made
+    return len(outcome.records)

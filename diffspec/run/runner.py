@@ -22,16 +22,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
+from diffspec.plan.batches import Batch
 from diffspec.plan.unit import PipelineKey, WorkUnit
-from diffspec.run.batching import Batch
+from diffspec.run.events import RunEvent, UnitFailure, event
 from diffspec.run.numerics import thread_invariant_convolutions
-
-
-def event(kind: str, message: str, **fields: Any) -> dict[str, Any]:
-    return {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": kind, "message": message, **fields}
 
 
 @dataclass
@@ -40,8 +36,8 @@ class BatchOutput:
     items: list[tuple[WorkUnit, Any]] = field(default_factory=list)  # (unit, PIL image)
     seconds: dict[str, float] = field(default_factory=dict)
     batch_sizes: dict[str, int] = field(default_factory=dict)
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (fingerprint, message)
-    events: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[UnitFailure] = field(default_factory=list)
+    events: list[RunEvent] = field(default_factory=list)
     scheduler_configs: dict[PipelineKey, dict[str, Any]] = field(default_factory=dict)
     dtype: str | None = None
 
@@ -131,7 +127,7 @@ class BatchRunner:
         out = BatchOutput(batch.id)
         lk = batch.load_key
         if lk in self.broken:
-            out.failures = [(u.fingerprint, self.broken[lk]) for u in batch.units]
+            out.failures = [UnitFailure(u.fingerprint, self.broken[lk]) for u in batch.units]
             return out
         try:
             backend = self._ensure(batch, out)
@@ -143,7 +139,7 @@ class BatchRunner:
             self.broken[lk] = message
             self.close()
             out.events.append(event("load_failed", message, worker=self.worker, device=self.device))
-            out.failures = [(u.fingerprint, message) for u in batch.units]
+            out.failures = [UnitFailure(u.fingerprint, message) for u in batch.units]
             return out
         out.dtype = _dtype_of(backend)
         key = batch.key
@@ -184,7 +180,7 @@ class BatchRunner:
                             exc = exc2
                     message = f"out of memory on {self.device} at batch 1 with strategy {current}: {_short(exc)}"
                     out.events.append(event("unit_failed", message, worker=self.worker, fingerprint=chunk[0].fingerprint))
-                    out.failures.append((chunk[0].fingerprint, message))
+                    out.failures.append(UnitFailure(chunk[0].fingerprint, message))
                     continue
                 if len(chunk) > 1:
                     out.events.append(event("isolate", f"batch of {len(chunk)} raised {_short(exc)}; retrying its units one by one",
@@ -196,13 +192,13 @@ class BatchRunner:
                 message = _short(exc)
                 out.events.append(event("unit_failed", f"{chunk[0].class_name}[{chunk[0].index}] failed: {message}",
                                         worker=self.worker, fingerprint=chunk[0].fingerprint))
-                out.failures.append((chunk[0].fingerprint, message))
+                out.failures.append(UnitFailure(chunk[0].fingerprint, message))
                 continue
             by_fp = {g.fingerprint: g for g in images}
             for unit in chunk:
                 g = by_fp.get(unit.fingerprint)
                 if g is None:
-                    out.failures.append((unit.fingerprint, "the backend returned no image for this unit"))
+                    out.failures.append(UnitFailure(unit.fingerprint, "the backend returned no image for this unit"))
                     continue
                 out.items.append((unit, g.image))
                 out.seconds[unit.fingerprint] = float(g.seconds)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from diffspec.atomic import atomic_write_many
+from diffspec.catalog.records import ImageRecord
 from diffspec.errors import DiffspecError
 from diffspec.plan.unit import WorkUnit
 
@@ -149,47 +150,67 @@ class ImageWriter:
             raise DiffspecError(f"refusing to write {relpath!r}: not a plain file name")
         return folders[folder] / name
 
-    def rows(self, written: Sequence[Written], seconds: dict[str, float], batch_sizes: dict[str, int],
-             scheduler_configs: dict[Any, dict[str, Any]], dtype: str | None = None) -> list[dict[str, Any]]:
+    def records(self, written: Sequence[Written], seconds: dict[str, float], batch_sizes: dict[str, int],
+                scheduler_configs: dict[Any, dict[str, Any]], dtype: str | None = None,
+                timed: bool = True) -> list[ImageRecord]:
+        """Catalog records of written images. ``timed=False``: the time and batch size are
+        unknown (adopted images, whose own run died before recording them)."""
         now = datetime.now(timezone.utc)
+        configs: dict[Any, str] = {}
         out = []
         for w in written:
-            u = w.unit
-            k = u.key
-            out.append({
-                "fingerprint": u.fingerprint,
-                "dataset": self.dataset,
-                "class_name": u.class_name,
-                "classes": list(u.classes or (u.class_name,)),
-                "label": self.labels.get(u.class_name, u.class_name),
-                "unit_index": u.index,
-                "seed": u.seed,
-                "prompt": u.prompt,
-                "negative_prompt": u.negative,
-                "model_name": k.model.name,
-                "model_source": k.model.source,
-                "model_revision": k.model.revision,
-                "family": k.model.family,
-                "dtype": dtype or k.model.dtype,
-                "mode": k.mode,
-                "scheduler": k.scheduler,
-                "scheduler_config": json.dumps(scheduler_configs.get(k) or {}, sort_keys=True),
-                "width": k.width,
-                "height": k.height,
-                "steps": k.steps,
-                "guidance": float(k.guidance),
-                "strength": k.strength,
-                "input_image": u.input_image,
-                "input_hash": u.input_hash,
-                "mask_hash": u.mask_hash,
-                "path": w.path,
-                "sha256": w.sha256,
-                "bytes": w.bytes,
-                "run_id": self.run_id,
-                "created_at": now,
-                "seconds": float(seconds.get(u.fingerprint, 0.0)),
-                "batch_size": int(batch_sizes.get(u.fingerprint, 1)),
-                "device": self.device,
-                "canonical": u.canonical(),
-            })
+            key = w.unit.key
+            if key not in configs:
+                configs[key] = json.dumps(scheduler_configs.get(key) or {}, sort_keys=True)
+            out.append(image_record(
+                w.unit, path=w.path, sha256=w.sha256, nbytes=w.bytes, run_id=self.run_id, dataset=self.dataset,
+                label=self.labels.get(w.unit.class_name, w.unit.class_name), device=self.device,
+                dtype=dtype or key.model.dtype, scheduler_config=configs[key], created_at=now,
+                seconds=float(seconds.get(w.unit.fingerprint, 0.0)) if timed else None,
+                batch_size=int(batch_sizes.get(w.unit.fingerprint, 1)) if timed else None,
+            ))
         return out
+
+
+def image_record(unit: WorkUnit, *, path: str, sha256: str | None, nbytes: int | None, run_id: str | None,
+                 dataset: str | None, label: str | None, device: str | None = None, dtype: str | None = None,
+                 scheduler_config: str | None = None, created_at: datetime | None = None,
+                 seconds: float | None = None, batch_size: int | None = None) -> ImageRecord:
+    """The catalog record of one image of ``unit``: the one place a unit becomes a row."""
+    k = unit.key
+    return ImageRecord(
+        fingerprint=unit.fingerprint,
+        class_name=unit.class_name,
+        path=path,
+        dataset=dataset,
+        classes=tuple(unit.classes or (unit.class_name,)),
+        label=label,
+        unit_index=unit.index,
+        seed=unit.seed,
+        prompt=unit.prompt,
+        negative_prompt=unit.negative,
+        model_name=k.model.name,
+        model_source=k.model.source,
+        model_revision=k.model.revision,
+        family=k.model.family,
+        dtype=dtype,
+        mode=k.mode,
+        scheduler=k.scheduler,
+        scheduler_config=scheduler_config,
+        width=k.width,
+        height=k.height,
+        steps=k.steps,
+        guidance=float(k.guidance),
+        strength=k.strength,
+        input_image=unit.input_image,
+        input_hash=unit.input_hash,
+        mask_hash=unit.mask_hash,
+        sha256=sha256,
+        bytes=nbytes,
+        run_id=run_id,
+        created_at=created_at,
+        seconds=seconds,
+        batch_size=batch_size,
+        device=device,
+        canonical=unit.canonical(),
+    )

@@ -4,18 +4,20 @@ nothing else, and can change nothing."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from diffspec.catalog.query import run_query
+from diffspec.catalog.records import ImageRecord
 from diffspec.catalog.store import Catalog
 from diffspec.cli import app
 from diffspec.errors import CatalogError
 
 
-def _row(fp: str, cls: str = "cat", **extra: object) -> dict[str, object]:
-    return {"fingerprint": fp, "class_name": cls, "path": f"images/{cls}/{fp}.png", **extra}
+def _row(fp: str, cls: str = "cat", **extra: Any) -> ImageRecord:
+    return ImageRecord(fingerprint=fp, class_name=cls, path=f"images/{cls}/{fp}.png", **extra)
 
 
 @pytest.fixture

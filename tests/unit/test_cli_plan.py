@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from diffspec.catalog.records import ImageRecord
 from diffspec.catalog.store import Catalog
 from diffspec.cli import app
 from diffspec.errors import PlanError
@@ -93,7 +94,7 @@ def test_saved_plan_refuses_an_edited_spec(specs_copy: Path) -> None:
 def test_saved_plan_refuses_a_foreign_catalog_row(specs_copy: Path, write_catalog: Any) -> None:
     assert invoke("plan", SPEC, "--out", "plan.json").exit_code == 0
     Catalog(specs_copy.parent / "data" / "quickstart").append_images(
-        [{"fingerprint": "f" * 64, "class_name": "zero", "path": "images/zero/" + "f" * 64 + ".png"}], "someone-else"
+        [ImageRecord(fingerprint="f" * 64, class_name="zero", path="images/zero/" + "f" * 64 + ".png")], "someone-else"
     )
     with pytest.raises(PlanError, match="catalog .* changed since"):
         load_plan(Path("plan.json"))

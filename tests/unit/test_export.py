@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from diffspec.catalog.store import Catalog
+from diffspec.catalog.records import ImageRecord
 from diffspec.cli import app
 from diffspec.errors import DiffspecError, ExportError
 from diffspec.project import Project
@@ -67,7 +68,7 @@ def record_images(project: Project) -> dict[str, dict[str, Any]]:
             "height": unit.key.height, "steps": unit.key.steps, "guidance": unit.key.guidance, "path": unit.relpath,
             "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "canonical": unit.canonical(),
         })
-    Catalog(project.output).append_images(rows, "run-1")
+    Catalog(project.output).append_images([ImageRecord(**r) for r in rows], "run-1")
     return {r["fingerprint"]: r for r in rows}
 
 
@@ -211,8 +212,8 @@ def test_a_row_whose_file_is_missing_stops_the_export(project: Project, rows: di
 
 def test_a_row_pointing_outside_the_output_root_is_refused(project: Project, rows: dict[str, Any], tmp_path: Path) -> None:
     (tmp_path / "secret.png").write_bytes(png_bytes(1))
-    Catalog(project.output).append_images([{"fingerprint": next(iter(rows)), "class_name": "zero",
-                                            "path": "../secret.png"}], "run-0")  # read first: wins
+    Catalog(project.output).append_images([ImageRecord(fingerprint=next(iter(rows)), class_name="zero",
+                                                       path="../secret.png")], "run-0")  # read first: wins
     with pytest.raises(ExportError, match="outside"):
         project.export("imagefolder", tmp_path / "export")
 

@@ -28,6 +28,15 @@ PROFILES = {
 CASES = [(name, None) for name in SHIPPED] + [(name, PROFILES[name]) for name in SHIPPED if name in PROFILES]
 
 
+@pytest.fixture(autouse=True)
+def ci_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plan as on the CI machine kind (2 cores, 24 GB, no GPU), whatever this one is: the plan
+    names the machine it was made on and sizes CPU batches from its RAM."""
+    from diffspec import machine
+
+    monkeypatch.setattr(machine, "probe_machine", lambda: machine.Machine((), 24.0, 2, "none"))
+
+
 def _text(plan) -> str:
     console = Console(width=200, record=True, color_system=None, file=io.StringIO())
     render_table(plan, console)
@@ -72,5 +81,5 @@ def test_cli_plan_prints_what_the_renderers_render(specs_copy: Path, spec: str) 
 
 def test_plan_json_key_order_is_stable(specs_copy: Path) -> None:
     data = json.loads(render_json(build_plan(load_spec("specs/pizza.yaml"))))
-    assert list(data) == ["dataset", "spec", "profile", "changes", "totals", "classes"]
+    assert list(data) == ["dataset", "spec", "profile", "changes", "totals", "classes", "execution"]
     assert list(data["classes"][0])[:3] == ["class", "label", "model"]

@@ -6,15 +6,14 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from diffspec.catalog.schema import IMAGES
+from diffspec.catalog.recorder import Recorder, merge_run_parts, tidy_catalog
+from diffspec.catalog.records import ImageRecord
 from diffspec.catalog.store import Catalog
-from diffspec.run.apply import Recorder, merge_run_parts, tidy_catalog
 
 
-def rows(fps: list[str], run: str) -> list[dict]:
-    base = {name: None for name in IMAGES.names}
-    return [{**base, "fingerprint": fp, "class_name": "a", "path": f"images/a/{fp}.png", "run_id": run,
-             "created_at": datetime.now(timezone.utc)} for fp in fps]
+def rows(fps: list[str], run: str) -> list[ImageRecord]:
+    return [ImageRecord(fingerprint=fp, class_name="a", path=f"images/a/{fp}.png", run_id=run,
+                        created_at=datetime.now(timezone.utc)) for fp in fps]
 
 
 def raw_fps(cat: Catalog) -> list[str]:
@@ -47,8 +46,8 @@ def test_the_current_runs_parts_are_left_alone_and_merged_at_its_end(tmp_path: P
     run = "20260101T000300-dddddd"
     rec = Recorder(cat, run, compact_every=2)
     for i in range(5):
-        assert rec(rows([f"r{i}"], run)) == 1
-    assert rec(rows(["r0"], run)) == 0  # each fingerprint once per run
+        assert len(rec(rows([f"r{i}"], run))) == 1
+    assert rec(rows(["r0"], run)) == []  # each fingerprint once per run
     assert tidy_catalog(cat, current_run=run) == []
     assert merge_run_parts(cat, run) >= 2
     assert len(cat.parts("images")) == 1 and sorted(raw_fps(cat)) == [f"r{i}" for i in range(5)]

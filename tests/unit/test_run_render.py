@@ -42,7 +42,7 @@ def test_failures_are_listed() -> None:
 def test_result_json_has_a_stable_shape() -> None:
     d = result(failures=(("fp", "why"),), per_class={"b": 1, "a": 5}).to_dict()
     assert list(d) == ["run_id", "phase", "spec", "output", "planned", "made", "skipped", "adopted", "failed", "remaining",
-                       "interrupted", "removed", "seconds", "images_per_second", "devices", "made_per_class",
+                       "interrupted", "removed", "seconds", "images_per_second", "devices", "executor", "replanned", "made_per_class",
                        "failures", "log", "stages"]
     assert d["remaining"] == 2 and list(d["made_per_class"]) == ["a", "b"]
     json.dumps(d)

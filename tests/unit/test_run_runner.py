@@ -8,7 +8,7 @@ import pytest
 
 from diffspec.errors import GenerationError
 from diffspec.plan.unit import ModelRef, PipelineKey, WorkUnit, fingerprint_of
-from diffspec.run.batching import make_batches
+from diffspec.plan.batches import make_batches
 from diffspec.run.runner import BatchRunner
 
 pytest.importorskip("torch")
@@ -66,11 +66,11 @@ def test_oom_halves_the_batch_and_the_smaller_size_sticks() -> None:
     b1, b2 = make_batches(units(16), lambda k: 8)
     out = runner.run(b1)
     assert len(out.items) == 8 and not out.failures
-    assert [e["event"] for e in out.events if e["event"] == "oom_retry"] == ["oom_retry", "oom_retry", "oom_retry"]
+    assert [e.kind for e in out.events if e.kind == "oom_retry"] == ["oom_retry", "oom_retry", "oom_retry"]
     assert set(out.batch_sizes.values()) == {2}
     FakeBackend.calls = []
     out2 = runner.run(b2)
-    assert FakeBackend.calls == [2, 2, 2, 2] and not [e for e in out2.events if e["event"] == "oom_retry"]
+    assert FakeBackend.calls == [2, 2, 2, 2] and not [e for e in out2.events if e.kind == "oom_retry"]
 
 
 def test_oom_at_batch_one_escalates_the_strategy_until_it_fits() -> None:
@@ -78,7 +78,7 @@ def test_oom_at_batch_one_escalates_the_strategy_until_it_fits() -> None:
     (batch,) = make_batches(units(2), lambda k: 2)
     out = runner.run(batch)
     assert len(out.items) == 2
-    steps = [(e["old"], e["new"]) for e in out.events if e["event"] == "strategy_escalation"]
+    steps = [(e.get("old"), e.get("new")) for e in out.events if e.kind == "strategy_escalation"]
     assert steps == [("none", "attention_slicing"), ("attention_slicing", "vae_tiling")]
     assert runner.strategy == "vae_tiling"
 

@@ -1,18 +1,13 @@
-"""Executors: where batches run. In-process for one worker, one process per device otherwise.
+"""The process-pool executor: one worker process per device.
 
-Both executors hand the driver :class:`Outcome` objects as batches finish; the driver records
-them. Catalog rows are written by one process only (the driver), and only after the files they
-point to are durable:
-
-* :class:`LocalExecutor` runs batches in the driver's own thread and writes files and rows in
-  a second thread, so PNG encoding and syncing overlap the next batch's generation.
-* :class:`ProcessExecutor` starts one worker process per device (``multiprocessing`` "spawn"
-  context, safe with torch). Workers generate, write the PNG files (durable) and send rows back
-  over their own pipe; the driver appends them. The driver hands out batches one at a time with
-  affinity to the pipeline a worker already holds (``key.load_key()``), so models are not
-  reloaded. A worker that dies (SIGKILL, segfault, OOM killer) loses only its in-flight batch:
-  the batch goes back to the queue and a new worker starts, within bounds; a batch that keeps
-  killing workers fails.
+Workers (``multiprocessing`` "spawn" context, safe with torch) generate, write the PNG files
+(durable) and send records back over their own pipe; the driver appends them to the catalog,
+so catalog rows are written by one process only. The driver hands out batches one at a time
+with affinity to the pipeline a worker already holds (``batch.load_key``), so models are not
+reloaded. A worker that dies (SIGKILL, segfault, OOM killer) loses only its in-flight batch:
+the batch goes back to the queue and a new worker starts, within bounds; a batch that keeps
+killing workers fails. For CPU workers the driver hosts the first worker in a thread, so
+generation starts while the other processes import torch.
 """
 
 from __future__ import annotations
@@ -25,69 +20,19 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from diffspec.errors import DiffspecError, GenerationError
-from diffspec.run.batching import Batch
-from diffspec.run.runner import BatchOutput, BatchRunner, event
+from diffspec.machine import cpu_count
+from diffspec.plan.batches import Batch
+from diffspec.run.events import RunEvent, UnitFailure, event
+from diffspec.run.executors.base import Outcome, RecordFn, RunContext
+from diffspec.run.executors.writing import lower_priority, record_outcome, write_batch
+from diffspec.run.runner import BatchRunner
 from diffspec.run.writer import ImageWriter
 
 MAX_ATTEMPTS = 3  # a batch whose worker died this many times fails
-
-
-@dataclass
-class Outcome:
-    """What the driver learns when a batch finishes (or cannot)."""
-
-    batch_id: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    worker: int = 0
-    recorded: bool = False  # rows already appended to the catalog (in-process writer thread)
-
-
-@dataclass(frozen=True)
-class WriterSettings:
-    output: str
-    run_id: str
-    dataset: str
-    labels: dict[str, str]
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def resolve_devices(devices: Any, workers: int | None) -> list[str]:
-    """One entry per worker: ``cuda:<i>`` per GPU, else ``cpu`` × workers.
-
-    ``devices``: ``auto`` (every CUDA GPU, else the CPU), ``cpu``, or a list of GPU ids.
-    """
-    import torch
-
-    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if devices == "cpu":
-        gpus: list[int] = []
-    elif devices == "auto" or devices is None:
-        gpus = list(range(available))
-    else:
-        gpus = [int(d) for d in devices]
-        missing = [d for d in gpus if d >= available]
-        if missing:
-            raise GenerationError(
-                f"budget.devices lists GPU {', '.join(map(str, missing))} but this machine has "
-                f"{available} CUDA device{'s' if available != 1 else ''}; use `devices: auto` or `devices: cpu`"
-            )
-    if gpus:
-        return [f"cuda:{i}" for i in gpus]
-    return ["cpu"] * max(1, int(workers or 1))
 
 
 def threads_per_worker(devices: Sequence[str]) -> int | None:
@@ -97,127 +42,41 @@ def threads_per_worker(devices: Sequence[str]) -> int | None:
     return max(1, cpu_count() // len(devices))
 
 
-def _lower_priority() -> None:
-    """Linux: lower this thread's scheduling priority (nice +10), so writing never takes a core
-    from torch's threads; the writer mostly waits on the disk anyway."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
-        pass
+# ---- messages from a worker to the driver -------------------------------------------------
+@dataclass(frozen=True)
+class Ready:
+    worker: int
+    pid: int
 
 
-def write_outcome(writer: ImageWriter, batch: Batch, out: BatchOutput, worker: int) -> Outcome:
-    written = writer.write_files(out.items, out.scheduler_configs)
-    rows = writer.rows(written, out.seconds, out.batch_sizes, out.scheduler_configs, out.dtype)
-    return Outcome(batch.id, rows, list(out.failures), list(out.events), worker)
+@dataclass(frozen=True)
+class Generated:
+    """The worker's generating slot is free again (its writer thread still has the batch)."""
+
+    worker: int
+    batch_id: int
 
 
-# ================================================================================ in-process
-class LocalExecutor:
-    """Batches in this process: generated in the calling thread, written and recorded by a
-    writer thread, so PNG encoding and fsync overlap the next batch's generation.
-
-    Generation stays on the calling thread on purpose: torch's OpenMP pool belongs to the
-    thread that uses it, and a second thread running parallel regions next to an idle pool of
-    the first (which spins before it sleeps) ran the pipeline 2x slower on 2 cores (measured).
-    """
-
-    def __init__(self, batches: Sequence[Batch], device: str, writer: ImageWriter,
-                 record: Callable[[list[dict[str, Any]]], Any], backend_factory: Any = None) -> None:
-        self.batches = deque(batches)
-        self.device = device
-        self.writer = writer
-        self.record = record
-        self.runner = BatchRunner(device, backend_factory, worker=0)
-        self._stop = False
-        self._write_q: queue.Queue = queue.Queue(maxsize=1)
-        self._out: queue.Queue = queue.Queue()
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        self._sent_end = False
-        self._done = False
-        self.workers = 1
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._write, name="diffspec-write", daemon=True)
-        self._thread.start()
-
-    def _write(self) -> None:
-        _lower_priority()
-        try:
-            while True:
-                item = self._write_q.get()
-                if item is None:
-                    break
-                if self._error is not None:
-                    continue  # drain so the generating thread never blocks
-                batch, out = item
-                try:
-                    outcome = write_outcome(self.writer, batch, out, 0)
-                    self.record(outcome.rows)
-                    outcome.recorded = True
-                except BaseException as exc:
-                    self._error = exc
-                    continue
-                self._out.put(outcome)
-        finally:
-            self._out.put(None)
-
-    def _end(self) -> None:
-        if not self._sent_end:
-            self._sent_end = True
-            self._write_q.put(None)
-            # Free the pipeline off the critical path (on a GPU with a gc pass and an emptied cache).
-            threading.Thread(target=self._release, name="diffspec-release", daemon=True).start()
-
-    def _release(self) -> None:
-        _lower_priority()
-        try:
-            self.runner.close(collect=False)
-        except Exception:
-            pass
-
-    def request_stop(self) -> None:
-        self._stop = True
-
-    def poll(self, timeout: float) -> list[Outcome] | None:
-        """Run the next batch here (if any), then return the outcomes recorded so far; None
-        once everything finished."""
-        if self._done:
-            return None
-        if self._error is not None:
-            self._stop = True
-        if self.batches and not self._stop:
-            batch = self.batches.popleft()
-            self._write_q.put((batch, self.runner.run(batch)))  # waits while the writer is a batch behind
-            wait = 0.0
-        else:
-            self._end()
-            wait = timeout
-        items = []
-        try:
-            items.append(self._out.get(timeout=wait) if wait else self._out.get_nowait())
-            while True:
-                items.append(self._out.get_nowait())
-        except queue.Empty:
-            pass
-        if None in items:
-            self._done = True
-            if self._thread is not None:
-                self._thread.join()
-            if self._error is not None:
-                raise self._error
-        return [i for i in items if i is not None]
-
-    def close(self) -> None:
-        """Stop; the pipeline is freed in the background."""
-        self._stop = True
-        self._end()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
+@dataclass(frozen=True)
+class Finished:
+    worker: int
+    outcome: Outcome  # files durable, records not yet appended
 
 
-# ============================================================================ worker processes
+@dataclass(frozen=True)
+class Crashed:
+    worker: int
+    traceback: str
+
+
+@dataclass(frozen=True)
+class Bye:
+    worker: int
+
+
+WorkerMessage = Ready | Generated | Finished | Crashed | Bye
+
+
 def _die_with_parent() -> None:
     """Linux: get SIGKILL when the driver dies, so no orphan keeps writing into the output."""
     if not sys.platform.startswith("linux"):
@@ -232,7 +91,7 @@ def _die_with_parent() -> None:
 
 
 def worker_main(wid: int, device: str, threads: int | None, tasks: Any, results: Any,
-                settings: WriterSettings, backend_factory: Any, parent_pid: int) -> None:
+                context: RunContext, parent_pid: int) -> None:
     """A worker process: receive batches, generate, write files, send rows back."""
     _die_with_parent()
     if os.getppid() != parent_pid:
@@ -245,50 +104,50 @@ def worker_main(wid: int, device: str, threads: int | None, tasks: Any, results:
             torch.set_num_threads(threads)
     except BaseException:
         os._exit(5)
-    if not worker_loop(wid, device, tasks, results, settings, backend_factory):
+    if not worker_loop(wid, device, tasks, results, context):
         os._exit(4)
 
 
-def worker_loop(wid: int, device: str, tasks: Any, results: Any, settings: WriterSettings, backend_factory: Any) -> bool:
+def worker_loop(wid: int, device: str, tasks: Any, results: Any, context: RunContext) -> bool:
     """Receive batches until told to stop; generate, write files (a writer thread overlaps the
     next batch), send rows back. Returns False after an error (already reported)."""
     send_lock = threading.Lock()
     failed = threading.Event()
 
-    def send(message: Any) -> None:
+    def send(message: WorkerMessage) -> None:
         with send_lock:
             results.send(message)
 
     def report() -> None:
         failed.set()
         try:
-            send(("error", wid, traceback.format_exc()))
+            send(Crashed(wid, traceback.format_exc()))
         except Exception:
             pass
 
     runner: BatchRunner | None = None
     try:
-        runner = BatchRunner(device, backend_factory, worker=wid)
-        writer = ImageWriter(Path(settings.output), settings.run_id, settings.dataset, settings.labels, device)
-        write_q: queue.Queue = queue.Queue(maxsize=1)
+        runner = BatchRunner(device, context.backend_factory, worker=wid)
+        writer = ImageWriter(context.output, context.run_id, context.dataset, dict(context.labels), device)
+        write_q: queue.Queue[tuple[Batch, Any] | None] = queue.Queue(maxsize=1)
 
         def write_loop() -> None:
-            _lower_priority()
+            lower_priority()
             while True:
                 item = write_q.get()
                 if item is None:
                     return
                 if failed.is_set():
                     continue
-                batch, out = item
+                _, out = item
                 try:
-                    send(("outcome", wid, write_outcome(writer, batch, out, wid)))
+                    send(Finished(wid, write_batch(writer, out, wid)))
                 except BaseException:
                     report()
 
         thread = threading.Thread(target=write_loop, name=f"diffspec-write-{wid}", daemon=True)
         thread.start()
-        send(("ready", wid, os.getpid()))
+        send(Ready(wid, os.getpid()))
         while not failed.is_set():
             try:
                 message = tasks.recv()
@@ -298,14 +157,14 @@ def worker_loop(wid: int, device: str, tasks: Any, results: Any, settings: Write
                 break
             batch: Batch = message
             out = runner.run(batch)
-            send(("generated", wid, batch.id))
+            send(Generated(wid, batch.id))
             write_q.put((batch, out))
         write_q.put(None)
         thread.join()
         runner.close()
         if failed.is_set():
             return False
-        send(("bye", wid))
+        send(Bye(wid))
         return True
     except BaseException:
         report()
@@ -363,32 +222,36 @@ class _Worker:
 
 
 class ProcessExecutor:
-    def __init__(self, batches: Sequence[Batch], devices: Sequence[str], settings: WriterSettings,
-                 backend_factory: Any = None, max_attempts: int = MAX_ATTEMPTS, max_restarts: int | None = None,
-                 local_first: bool = True) -> None:
+    name = "processes"
+
+    def __init__(self, devices: Sequence[str], context: RunContext, record: RecordFn,
+                 max_attempts: int = MAX_ATTEMPTS, max_restarts: int | None = None, local_first: bool = True) -> None:
         import multiprocessing as mp
 
         self.ctx = mp.get_context("spawn")
-        self.batches = {b.id: b for b in batches}
-        self.devices = list(devices)
+        self.batches: dict[int, Batch] = {}
+        self.devices = tuple(devices)
         self.threads = threads_per_worker(self.devices)
-        self.settings = settings
-        self.factory = backend_factory
+        self.context = context
+        self.record = record
         self.max_attempts = max_attempts
         self.max_restarts = max_restarts if max_restarts is not None else 3 * len(self.devices) + 3
         self.restarts = 0
         self.attempts: dict[int, int] = {}
-        self.queues: dict[Any, deque[int]] = {}
-        for b in batches:  # batches arrive in run order; a deque per model keeps that order
-            self.queues.setdefault(b.load_key, deque()).append(b.id)
+        self.queues: dict[Any, deque[int]] = {}  # per model, in submission (= run) order
         self.workers: list[_Worker] = []
         self._next_wid = 0
         self._stopping = False
         self._done = False
         self._pending_outcomes: list[Outcome] = []
-        self.workers_count = len(self.devices)
         self.local_first = local_first
         self._driver_threads: int | None = None
+
+    def submit(self, batch: Batch) -> None:
+        if self._done:
+            raise RuntimeError("submit after the executor finished")
+        self.batches[batch.id] = batch
+        self.queues.setdefault(batch.load_key, deque()).append(batch.id)
 
     # ---- workers ------------------------------------------------------------------------
     def _spawn(self, device: str, local: bool = False) -> _Worker:
@@ -397,12 +260,12 @@ class ProcessExecutor:
         task_r, task_w = self.ctx.Pipe(duplex=False)
         res_r, res_w = self.ctx.Pipe(duplex=False)
         if local:
-            process: Any = _LocalProcess(worker_loop, (wid, device, task_r, res_w, self.settings, self.factory),
+            process: Any = _LocalProcess(worker_loop, (wid, device, task_r, res_w, self.context),
                                          name=f"diffspec-worker-{wid}")
         else:
             process = self.ctx.Process(
                 target=worker_main, name=f"diffspec-worker-{wid}",
-                args=(wid, device, self.threads, task_r, res_w, self.settings, self.factory, os.getpid()),
+                args=(wid, device, self.threads, task_r, res_w, self.context, os.getpid()),
                 daemon=True,
             )
         process.start()
@@ -468,21 +331,20 @@ class ProcessExecutor:
         except (BrokenPipeError, OSError):
             pass
 
-    def _handle(self, worker: _Worker, message: Any) -> None:
-        kind = message[0]
-        if kind == "ready":
-            worker.pid = message[2]
-        elif kind == "generated":
+    def _handle(self, worker: _Worker, message: WorkerMessage) -> None:
+        if isinstance(message, Ready):
+            worker.pid = message.pid
+        elif isinstance(message, Generated):
             worker.generating = None
-        elif kind == "outcome":
-            outcome: Outcome = message[2]
-            worker.outstanding.pop(outcome.batch_id, None)
-            self._pending_outcomes.append(outcome)
-        elif kind == "error":
-            self._pending_outcomes.append(Outcome(-1, events=[event(
-                "worker_error", f"worker {worker.wid} on {worker.device} raised: {message[2].strip().splitlines()[-1]}",
-                worker=worker.wid, traceback=message[2][-4000:])]))
-        elif kind == "bye":
+        elif isinstance(message, Finished):
+            worker.outstanding.pop(message.outcome.batch_id, None)
+            self._pending_outcomes.append(record_outcome(message.outcome, self.record))
+        elif isinstance(message, Crashed):
+            last = message.traceback.strip().splitlines()[-1] if message.traceback.strip() else "?"
+            self._pending_outcomes.append(Outcome(-1, events=(event(
+                "worker_error", f"worker {worker.wid} on {worker.device} raised: {last}",
+                worker=worker.wid, traceback=message.traceback[-4000:]),)))
+        elif isinstance(message, Bye):
             worker.stopping = True
 
     def _drain(self, worker: _Worker) -> None:
@@ -508,13 +370,13 @@ class ProcessExecutor:
         worker.outstanding.clear()
         if code == 0 and not lost:
             return
-        events = []
+        events: list[RunEvent] = []
         for batch in lost:
             self.attempts[batch.id] = self.attempts.get(batch.id, 0) + 1
             if self.attempts[batch.id] >= self.max_attempts:
                 message = f"worker died {self.attempts[batch.id]} times running this batch (last exit code {code})"
                 events.append(event("batch_failed", f"batch {batch.id} failed: {message}", batch=batch.id))
-                self._pending_outcomes.append(Outcome(batch.id, failures=[(u.fingerprint, message) for u in batch.units]))
+                self._pending_outcomes.append(Outcome(batch.id, failures=tuple(UnitFailure(u.fingerprint, message) for u in batch.units)))
             else:
                 self.queues[batch.load_key].appendleft(batch.id)
                 events.append(event("requeue", f"batch {batch.id} ({len(batch)} units) back in the queue", batch=batch.id))
@@ -527,13 +389,13 @@ class ProcessExecutor:
                 new = self._spawn(worker.device)  # a process, also in place of the driver's own worker
                 events.append(event("worker_restart", f"started worker {new.wid} on {worker.device} in place of worker {worker.wid}",
                                     worker=new.wid, replaces=worker.wid))
-        self._pending_outcomes.append(Outcome(-1, events=events))
+        self._pending_outcomes.append(Outcome(-1, events=tuple(events)))
 
     def _fail_rest(self, why: str) -> None:
         for q in self.queues.values():
             while q:
                 batch = self.batches[q.popleft()]
-                self._pending_outcomes.append(Outcome(batch.id, failures=[(u.fingerprint, why) for u in batch.units]))
+                self._pending_outcomes.append(Outcome(batch.id, failures=tuple(UnitFailure(u.fingerprint, why) for u in batch.units)))
 
     # ---- driver API ---------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -575,7 +437,7 @@ class ProcessExecutor:
             return None
         return out
 
-    def close(self, wait: bool = True) -> None:
+    def close(self) -> None:
         self._stopping = True
         deadline = time.monotonic() + 30
         for w in self.workers:
@@ -586,20 +448,14 @@ class ProcessExecutor:
             if w.process.is_alive() and not w.local:
                 w.process.kill()
                 w.process.join(timeout=5)
-        if self._driver_threads is not None:
-            import torch
-
-            torch.set_num_threads(self._driver_threads)
-            self._driver_threads = None
+        for w in self.workers:  # every worker's pipes, not only the last one's
             for conn in (w.tasks, w.results):
                 try:
                     conn.close()
                 except OSError:
                     pass
+        if self._driver_threads is not None:
+            import torch
 
-
-def make_executor(name: str) -> None:
-    if name not in ("local", "processes"):
-        if name == "ray":
-            raise DiffspecError("the ray executor is not available in this installation (pip install 'diffspec[ray]'); use --executor local")
-        raise DiffspecError(f"unknown executor {name!r}; expected local")
+            torch.set_num_threads(self._driver_threads)
+            self._driver_threads = None

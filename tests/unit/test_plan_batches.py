@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from diffspec.plan.unit import ModelRef, PipelineKey, WorkUnit, fingerprint_of
-from diffspec.run.batching import make_batches
+from diffspec.plan.batches import make_batches
 
 
 def key(model: str = "m", steps: int = 2, size: int = 32) -> PipelineKey:

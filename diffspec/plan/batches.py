@@ -2,8 +2,8 @@
 
 Units share a batch only when they share a :class:`~diffspec.plan.unit.PipelineKey` (model,
 mode, scheduler, size, steps, guidance, ...): everything one pipeline call must have in common.
-The batch size per key comes from the plan-time memory strategy
-(:func:`diffspec.plan.estimate.memory_plan` for the device kind the run uses). Order is
+The batch size and memory strategy per key are the plan's decisions
+(:class:`diffspec.plan.execution.ExecutionPlan`), made once at plan time. Order is
 deterministic: batches of one model stay together (so a worker never reloads it), and within a
 model batches follow (class, index).
 
@@ -13,11 +13,11 @@ its own generator seeded from ``unit.seed``, never from its place in a batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from diffspec.plan.estimate import MemoryPlan, memory_plan
+from diffspec.plan.execution import ExecutionPlan
 from diffspec.plan.unit import PipelineKey, WorkUnit
 
 
@@ -38,50 +38,16 @@ class Batch:
         return self.key.load_key()
 
 
-class MemoryPlans:
-    """Memory strategy and batch size per pipeline key, for the device kind the run uses.
-
-    On a GPU the plan's VRAM budget decides; on a CPU the RAM budget (``budget.ram_gb``, or 3/4
-    of this machine's memory) bounds the batch size the same way.
-    """
-
-    def __init__(self, budget: Any, device_kind: str) -> None:
-        self.budget = budget
-        self.device_kind = device_kind
-        self._cache: dict[PipelineKey, MemoryPlan] = {}
-
-    def __call__(self, key: PipelineKey) -> MemoryPlan:
-        plan = self._cache.get(key)
-        if plan is None:
-            b = self.budget
-            vram = b.vram_gb if self.device_kind == "cuda" else None
-            if self.device_kind == "cuda" and vram is None:
-                vram = _cuda_memory_gb()
-            plan = memory_plan(key, vram, b.ram_gb, b.max_batch, b.strategy)
-            self._cache[key] = plan
-        return plan
-
-
-def _cuda_memory_gb() -> float | None:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_properties(0).total_memory / 2**30 * 0.9
-    except Exception:  # pragma: no cover - no GPU here
-        pass
-    return None
-
-
 def unit_order(unit: WorkUnit) -> tuple[str, int]:
     return (unit.class_name, unit.index)
 
 
-def make_batches(units: Iterable[WorkUnit], size_of: Any, strategy_of: Any = None) -> list[Batch]:
+def make_batches(units: Iterable[WorkUnit], size_of: Callable[[PipelineKey], int],
+                 strategy_of: Callable[[PipelineKey], str] | None = None) -> list[Batch]:
     """Batches of units sharing a key, at most ``size_of(key)`` units each, deterministic order.
 
     ``size_of`` and ``strategy_of`` map a PipelineKey to a batch size and a memory strategy
-    (a :class:`MemoryPlans` gives both). Units are taken in (class, index) order; a key's units
+    (the plan's execution decisions give both). Units are taken in (class, index) order; a key's units
     fill batches in that order; keys of one model (``key.load_key()``) stay together, models in
     the order their first unit appears.
     """
@@ -103,11 +69,6 @@ def make_batches(units: Iterable[WorkUnit], size_of: Any, strategy_of: Any = Non
     return batches
 
 
-def plan_batches(units: Sequence[WorkUnit], budget: Any, device_kind: str) -> list[Batch]:
-    plans = MemoryPlans(budget, device_kind)
-
-    def strategy(key: PipelineKey) -> str:
-        chosen = plans(key).strategy
-        return chosen if chosen != "auto" else "none"
-
-    return make_batches(units, lambda k: plans(k).batch_size, strategy)
+def plan_batches(units: Iterable[WorkUnit], execution: ExecutionPlan) -> list[Batch]:
+    """The batches of ``units`` under the plan's decisions: its batch size and strategy per group."""
+    return make_batches(units, lambda k: execution.decision(k).batch_size, execution.strategy_for)
