@@ -40,6 +40,11 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], durable: bool = 
             if durable:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:  # say which file, so a full disk names its filesystem
+            raise OSError(exc.errno, exc.strerror, str(tmp)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -91,6 +96,10 @@ def atomic_write_many(files: Sequence[tuple[Path, bytes]]) -> None:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
+            except OSError as exc:
+                if exc.filename is None:  # os.write does not say which file: a full disk should
+                    raise OSError(exc.errno, exc.strerror, str(tmp)) from exc
+                raise
             finally:
                 os.close(fd)
         _sync_files([tmp for tmp, _ in temps])

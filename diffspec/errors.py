@@ -78,3 +78,7 @@ class StageError(DiffspecError):
 
 class ExportError(DiffspecError):
     """The catalog's images cannot be exported as asked (unknown format, missing file, no labels)."""
+
+
+class DiskFullError(DiffspecError):
+    """The output root's filesystem ran out of space (or quota); what is recorded is whole."""

@@ -51,7 +51,9 @@ from diffspec.plan.execution import ExecutionPlan, replan
 from diffspec.plan.unit import WorkUnit
 from diffspec.run.adopt import adopt_orphans
 from diffspec.run.events import NOTABLE, RunEvent, UnitFailure, event
+from diffspec.errors import DiskFullError
 from diffspec.run.executors import EXECUTORS, Outcome, RunContext
+from diffspec.run.space import bytes_per_image, estimate_bytes, free_bytes, full_path, human, is_disk_full
 from diffspec.run.writer import ImageWriter, check_inside
 
 VERSIONED_PACKAGES = ("diffspec", "torch", "diffusers", "transformers", "accelerate")
@@ -250,8 +252,20 @@ def _apply_locked(plan: Plan, units: list[WorkUnit], execution: ExecutionPlan, r
                          count=len(adopted)))
     batches = plan_batches(todo, execution)
     versions = package_versions()
-    catalog.append_run(_run_record(plan, run_id, "started", started, execution=execution, planned=planned,
-                                   skipped=skipped, versions=versions))
+    known_sizes = bytes_per_image(catalog) if todo else {}
+    needed = estimate_bytes(todo, known_sizes)
+    free = free_bytes(output)
+    if todo and free < needed:
+        message = (f"the output root {output} has {human(free)} free and the {len(todo)} images to make need about "
+                   f"{human(needed)}: the run stops cleanly when the disk is full, and a later apply goes on")
+        log.append(event("low_space", message, free=free, needed=needed))
+    try:
+        catalog.append_run(_run_record(plan, run_id, "started", started, execution=execution, planned=planned,
+                                       skipped=skipped, versions=versions))
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(_disk_full_message(output, todo, known_sizes, 0, exc)) from None
+        raise
     log.append(event("execution", f"{execution.describe()}; " + "; ".join(
         f"{g.model}: {g.memory.describe()}" for g in sorted(execution.groups.values(), key=lambda g: g.model)),
         executor=execution.executor, devices=list(execution.devices),
@@ -273,6 +287,9 @@ def _apply_locked(plan: Plan, units: list[WorkUnit], execution: ExecutionPlan, r
         with _Signals() as signals, view:
             for note in replanned:
                 view.note(f"re-planned for this machine: {note}")
+            for e in log:
+                if e.kind == "low_space":
+                    view.note(f"warning: {e.message}")
             runner.start()
             for batch in batches:
                 runner.submit(batch)
@@ -325,13 +342,21 @@ def _apply_locked(plan: Plan, units: list[WorkUnit], execution: ExecutionPlan, r
         log.append(event("timing", f"set-up {t_setup:.2f}s, first images recorded at {t_first or 0:.2f}s, "
                          f"last at {t_batches:.2f}s, wrap-up {seconds - t_batches:.2f}s",
                          setup=round(t_setup, 3), first=round(t_first or 0, 3), batches=round(t_batches, 3)))
-    catalog.append_run(_run_record(plan, run_id, phase, started, execution=execution, planned=planned, made=made,
-                                   skipped=skipped, failed=failed, log=log, versions=versions))
+    try:
+        catalog.append_run(_run_record(plan, run_id, phase, started, execution=execution, planned=planned, made=made,
+                                       skipped=skipped, failed=failed, log=log, versions=versions))
+    except OSError as exc:  # a full disk may refuse the run's end row too; the images rows are whole
+        if not is_disk_full(exc) or error is None:
+            raise
     try:
         merge_run_parts(catalog, run_id)
     except Exception as exc:  # compaction is an optimisation; readers cope with many parts
         log.append(event("compact_failed", f"{type(exc).__name__}: {exc}"))
     if error is not None and not isinstance(error, KeyboardInterrupt):
+        if is_disk_full(error):
+            done = set(recorder.seen)
+            left = [u for u in todo if u.fingerprint not in done]
+            raise DiskFullError(_disk_full_message(output, left, known_sizes, len(done), error)) from None
         raise error
     return ApplyResult(
         run_id=run_id,
@@ -354,6 +379,16 @@ def _apply_locked(plan: Plan, units: list[WorkUnit], execution: ExecutionPlan, r
         executor=execution.executor,
         replanned=replanned,
     )
+
+
+def _disk_full_message(output: Path, left: list[WorkUnit], known: dict[tuple[int, int], float], recorded: int,
+                       error: BaseException | None = None) -> str:
+    where = full_path(error)
+    folder = where.parent if where is not None else output
+    return (f"no space left on the filesystem holding {folder.resolve()} (output root {output.resolve()}; "
+            f"{human(free_bytes(folder))} free there): {recorded} images of this run are recorded and whole, "
+            f"{len(left)} still to make need about {human(estimate_bytes(left, known))}. "
+            "Free space there and run `diffspec apply` again: it makes only what is missing")
 
 
 def _live_fingerprints(catalog: Catalog) -> set[str] | frozenset[str]:

@@ -85,7 +85,7 @@ def _classifier(refs: Sequence[ImageRef], config: Any) -> tuple[list[bool], list
     if config.model != "builtin:digits-classifier":
         raise StageError(f"classifier model {config.model!r} is not available; the built-in one is 'builtin:digits-classifier'")
     from diffspec.generate.builtin.digits import parse_prompt
-    from diffspec.stages.digit_classifier import classifier, to_digit_features
+    from diffspec.generate.builtin.digit_classifier import classifier, to_digit_features
 
     expected = [parse_prompt(ref.prompt).digit for ref in refs]
     model = classifier()

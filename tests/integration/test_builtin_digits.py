@@ -37,7 +37,7 @@ from diffspec.generate.builtin.digits import (  # noqa: E402
     TOKENS,
     DigitsPipeline,
 )
-from diffspec.stages.digit_classifier import classify  # noqa: E402
+from diffspec.generate.builtin.digit_classifier import classify  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_SCHEDULERS = [
@@ -110,7 +110,7 @@ def test_package_and_classifier_import_without_torch():
         "import sys\n"
         "import diffspec.generate.builtin as b\n"
         "b.builtin_path()\n"
-        "import diffspec.stages.digit_classifier as c\n"
+        "import diffspec.generate.builtin.digit_classifier as c\n"
         "from PIL import Image\n"
         "c.classify([Image.new('L', (8, 8))])\n"
         "print('torch' in sys.modules, 'diffusers' in sys.modules)\n"
@@ -245,7 +245,7 @@ def test_unknown_words_are_ignored_by_the_model(pipe):
 def _measures(images):
     """The style measures the training labels came from, on images brought to 8x8, 0..16."""
     from diffspec.generate.builtin.train_digits import style_measures
-    from diffspec.stages.digit_classifier import to_digit_features
+    from diffspec.generate.builtin.digit_classifier import to_digit_features
 
     return style_measures(to_digit_features(images).reshape(-1, 8, 8))
 

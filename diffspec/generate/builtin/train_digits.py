@@ -32,7 +32,7 @@ How it works
   a fixed thread count.  The same machine and library versions give the same weights
   (another CPU may round differently and give other weights of the same quality).
 * At the end it samples 30 images per digit (20 DDIM steps, guidance 3) and prints
-  the accuracy judged by ``diffspec.stages.digit_classifier``.
+  the accuracy judged by ``diffspec.generate.builtin.digit_classifier``.
 
 Measured on the 2-core CPU this was built on (torch 2.13 CPU, diffusers 0.42.1): on an
 otherwise idle machine the 3,000 steps of the shipped weights took 6 min 46 s of wall time,
@@ -238,7 +238,7 @@ def evaluate(path: pathlib.Path, per_digit: int = 30, guidance: float | None = N
     from diffusers import DDIMScheduler
 
     from diffspec.generate.builtin.digits import DEFAULT_GUIDANCE, DigitsPipeline
-    from diffspec.stages.digit_classifier import classify
+    from diffspec.generate.builtin.digit_classifier import classify
 
     pipe = DigitsPipeline.from_pretrained(path)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)

@@ -42,6 +42,7 @@ class InProcessExecutor:
         self._thread: threading.Thread | None = None
         self._sent_end = False
         self._done = False
+        self._releaser: threading.Thread | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._write, name="diffspec-write", daemon=True)
@@ -76,7 +77,8 @@ class InProcessExecutor:
             self._sent_end = True
             self._write_q.put(None)
             # Free the pipeline off the critical path (on a GPU with a gc pass and an emptied cache).
-            threading.Thread(target=self._release, name="diffspec-release", daemon=True).start()
+            self._releaser = threading.Thread(target=self._release, name="diffspec-release", daemon=True)
+            self._releaser.start()
 
     def _release(self) -> None:
         lower_priority()
@@ -121,3 +123,6 @@ class InProcessExecutor:
         self._end()
         if self._thread is not None:
             self._thread.join(timeout=60)
+        # A thread still inside torch when the interpreter exits aborts the process.
+        if self._releaser is not None:
+            self._releaser.join(timeout=30)

@@ -12,6 +12,7 @@ generation starts while the other processes import torch.
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import signal
@@ -30,6 +31,7 @@ from diffspec.run.events import RunEvent, UnitFailure, event
 from diffspec.run.executors.base import Outcome, RecordFn, RunContext
 from diffspec.run.executors.writing import lower_priority, record_outcome, write_batch
 from diffspec.run.runner import BatchRunner
+from diffspec.run.space import is_disk_full
 from diffspec.run.writer import ImageWriter
 
 MAX_ATTEMPTS = 3  # a batch whose worker died this many times fails
@@ -67,6 +69,7 @@ class Finished:
 class Crashed:
     worker: int
     traceback: str
+    disk_full: bool = False  # the output's filesystem is full: the run must stop, not retry
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ def worker_loop(wid: int, device: str, tasks: Any, results: Any, context: RunCon
     def report() -> None:
         failed.set()
         try:
-            send(Crashed(wid, traceback.format_exc()))
+            send(Crashed(wid, traceback.format_exc(), is_disk_full(sys.exc_info()[1])))
         except Exception:
             pass
 
@@ -246,6 +249,7 @@ class ProcessExecutor:
         self._pending_outcomes: list[Outcome] = []
         self.local_first = local_first
         self._driver_threads: int | None = None
+        self._fatal: OSError | None = None
 
     def submit(self, batch: Batch) -> None:
         if self._done:
@@ -340,6 +344,10 @@ class ProcessExecutor:
             worker.outstanding.pop(message.outcome.batch_id, None)
             self._pending_outcomes.append(record_outcome(message.outcome, self.record))
         elif isinstance(message, Crashed):
+            if message.disk_full and self._fatal is None:
+                # Retrying elsewhere would fill the same disk: stop the run, keep what is recorded.
+                self._fatal = OSError(errno.ENOSPC, f"No space left on device (worker {worker.wid}, writing images)")
+                self.request_stop()
             last = message.traceback.strip().splitlines()[-1] if message.traceback.strip() else "?"
             self._pending_outcomes.append(Outcome(-1, events=(event(
                 "worker_error", f"worker {worker.wid} on {worker.device} raised: {last}",
@@ -432,6 +440,8 @@ class ProcessExecutor:
             if self._has_work() and not self._stopping:
                 self._fail_rest(f"no worker left: {self.restarts} restarts used (limit {self.max_restarts})")
             self._done = True
+        if self._fatal is not None:
+            raise self._fatal
         out, self._pending_outcomes = self._pending_outcomes, []
         if self._done and not out:
             return None

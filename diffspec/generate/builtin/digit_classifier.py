@@ -1,4 +1,5 @@
-"""A handwritten-digit classifier for checking images of the ``builtin:digits`` model.
+"""A handwritten-digit classifier for checking images of the ``builtin:digits`` model: the
+training script judges its checkpoints with it, and the `classifier` filter stage its images.
 
 It is a scikit-learn SVC (RBF kernel, ``gamma=0.001, C=10``) with sigmoid (Platt)
 calibrated probabilities (``CalibratedClassifierCV``, unshuffled 5-fold, so
