@@ -21,7 +21,7 @@ plan/apply, with ``add_interval`` per batch):
    plan removes (apply never deletes without being asked).
 
 Ctrl-C (SIGINT) or SIGTERM stops after the in-flight batches and records the run as
-interrupted; a second Ctrl-C aborts at once (what was recorded stays recorded).
+interrupted; a second signal aborts at once (what was recorded stays recorded, whole).
 """
 
 from __future__ import annotations
@@ -125,14 +125,17 @@ def package_versions() -> dict[str, str | None]:
 
 
 class _Signals:
-    """SIGINT/SIGTERM set a stop flag (finish in-flight batches); a second SIGINT aborts."""
+    """SIGINT/SIGTERM set a stop flag (finish in-flight batches); a second signal aborts at once."""
 
     def __init__(self) -> None:
         self.stop = threading.Event()
+        self.wrapping_up = False  # the batches are over: what is left is milliseconds of bookkeeping
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
-        if self.stop.is_set() and signum == signal.SIGINT:
+        if self.wrapping_up:
+            return  # let the run record its end: aborting now would only lose the log
+        if self.stop.is_set():  # a second signal, of either kind: stop now (recorded rows stay whole)
             raise KeyboardInterrupt
         self.stop.set()
 
@@ -205,9 +208,12 @@ def apply_plan(plan: Plan, *, prune: bool = False, progress: bool = True, consol
     # collector's way, so a full collection walks only what the run makes (one took 0.18 s).
     gc.freeze()
     try:
-        return _apply_locked(plan, units, execution, replanned, run_id, t0, started, prune=prune, progress=progress,
-                             console=console, max_units=max_units, backend_factory=backend_factory,
-                             stale_lock=lock.was_stale)
+        # Installed for the whole run, wrap-up included: a signal must never land in Python's
+        # default handler half-way through the run's bookkeeping.
+        with _Signals() as signals:
+            return _apply_locked(plan, units, execution, replanned, run_id, t0, started, prune=prune,
+                                 progress=progress, console=console, max_units=max_units,
+                                 backend_factory=backend_factory, stale_lock=lock.was_stale, signals=signals)
     finally:
         gc.unfreeze()
         lock.release()
@@ -215,7 +221,7 @@ def apply_plan(plan: Plan, *, prune: bool = False, progress: bool = True, consol
 
 def _apply_locked(plan: Plan, units: list[WorkUnit], execution: ExecutionPlan, replanned: tuple[str, ...], run_id: str,
                   t0: float, started: datetime, *, prune: bool, progress: bool, console: Any, max_units: int | None,
-                  backend_factory: Any, stale_lock: bool) -> ApplyResult:
+                  backend_factory: Any, stale_lock: bool, signals: _Signals) -> ApplyResult:
     from diffspec.run.render import RunProgress
 
     output = Path(plan.output)
@@ -284,7 +290,7 @@ def _apply_locked(plan: Plan, units: list[WorkUnit], execution: ExecutionPlan, r
     t_setup = time.perf_counter() - t0
     t_first: float | None = None
     try:
-        with _Signals() as signals, view:
+        with view:
             for note in replanned:
                 view.note(f"re-planned for this machine: {note}")
             for e in log:
@@ -309,8 +315,9 @@ def _apply_locked(plan: Plan, units: list[WorkUnit], execution: ExecutionPlan, r
         error = exc
         interrupted = isinstance(exc, KeyboardInterrupt)
     finally:
+        signals.wrapping_up = True
         try:
-            runner.close()
+            runner.abort() if isinstance(error, KeyboardInterrupt) else runner.close()
         except BaseException:
             pass
     t_batches = time.perf_counter() - t0

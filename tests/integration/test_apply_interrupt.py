@@ -19,9 +19,7 @@ from diffspec.project import Project
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_sigint_stops_after_the_batches_in_flight_and_the_next_apply_resumes(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path, 'a: {target: 64, prompt: "a photo of a cat"}', size=32, steps=4, max_batch=4)
-    counter = tmp_path / "writes.txt"
+def _start(tmp_path: Path, spec: Path, counter: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "DIFFSPEC_WRITE_COUNTER": str(counter), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "diffspec.cli", "apply", str(spec), "-q"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -31,7 +29,15 @@ def test_sigint_stops_after_the_batches_in_flight_and_the_next_apply_resumes(tmp
             break
         time.sleep(0.01)
     assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGINT)
+    return proc
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_after_the_batches_in_flight_and_the_next_apply_resumes(tmp_path: Path, signum: int) -> None:
+    spec = write_spec(tmp_path, 'a: {target: 64, prompt: "a photo of a cat"}', size=32, steps=4, max_batch=4)
+    counter = tmp_path / "writes.txt"
+    proc = _start(tmp_path, spec, counter)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
     assert "interrupted" in out and f"diffspec apply {spec}" in out, out
@@ -46,4 +52,24 @@ def test_sigint_stops_after_the_batches_in_flight_and_the_next_apply_resumes(tmp
 
     result = Project(spec).apply(progress=False)
     assert result.made == 64 - made and result.failed == 0
+    check_catalog(output, expected=64)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_stops_at_once_without_corruption(tmp_path: Path, signum: int) -> None:
+    spec = write_spec(tmp_path, 'a: {target: 64, prompt: "a photo of a cat"}', size=32, steps=4, max_batch=4)
+    counter = tmp_path / "writes.txt"
+    proc = _start(tmp_path, spec, counter)
+    proc.send_signal(signum)
+    time.sleep(0.05)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in out + err
+    assert f"diffspec apply {spec}" in out + err, "the message says how to resume"
+    output = Project(spec).output
+    done = check_catalog(output, raw_unique=True)  # every recorded row whole, its file matching
+    assert len(done) < 64
+    result = Project(spec).apply(progress=False)
+    assert result.made + result.adopted == 64 - len(done) and result.failed == 0
     check_catalog(output, expected=64)

@@ -52,7 +52,7 @@ class Outcome:
 
 class Executor(Protocol):
     """Runs batches. Use: ``start()``, ``submit()`` every batch, then ``poll()`` until it
-    returns None; ``request_stop()`` to finish early; ``close()`` always."""
+    returns None; ``request_stop()`` to finish early; ``close()`` always (or ``abort()``)."""
 
     name: str
     devices: tuple[str, ...]
@@ -72,6 +72,10 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Stop the workers and free their pipelines; safe to call twice and after errors."""
+
+    def abort(self) -> None:
+        """Stop at once (a second Ctrl-C): batches in flight are lost, never half-recorded
+        (their temp files are removed by the next run); what was recorded stays."""
 
 
 ExecutorFactory = Callable[[Sequence[str], RunContext, RecordFn], Executor]

@@ -126,3 +126,8 @@ class InProcessExecutor:
         # A thread still inside torch when the interpreter exits aborts the process.
         if self._releaser is not None:
             self._releaser.join(timeout=30)
+
+    def abort(self) -> None:
+        """Generation ran in the caller's thread, which the interrupt already stopped; the
+        writer finishes the file it is writing (milliseconds), so this is `close`."""
+        self.close()

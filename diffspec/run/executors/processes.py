@@ -469,3 +469,12 @@ class ProcessExecutor:
 
             torch.set_num_threads(self._driver_threads)
             self._driver_threads = None
+
+    def abort(self) -> None:
+        """Kill the worker processes now: their in-flight batches are lost (files are renamed
+        into place only when whole, rows come from this driver only), the rest stays recorded."""
+        self._stopping = True
+        for w in self.workers:
+            if not w.local and w.process.is_alive():
+                w.process.kill()
+        self.close()
