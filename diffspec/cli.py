@@ -194,15 +194,15 @@ def status(
     profile: ProfileOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Per class: target, done, remaining, rejected by filters, quality."""
+    """Per class: target, done, remaining, rejected by filters, quality, time per image; and the last run."""
     from diffspec.project import Project
     from diffspec.run.status import render_status
 
-    rows = _run(lambda: Project(spec, profile=profile).status())
+    report = _run(lambda: Project(spec, profile=profile).status())
     if as_json:
-        sys.stdout.write(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:
-        render_status(rows, out)
+        render_status(report, out)
 
 
 @app.command()

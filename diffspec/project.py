@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from diffspec.machine import Machine
     from diffspec.run.apply import ApplyResult
     from diffspec.run.prune import PruneResult
-    from diffspec.run.status import ClassStatus
+    from diffspec.run.status import StatusReport
     from diffspec.stages.runner import StagesResult
 
 
@@ -126,7 +126,7 @@ class Project:
 
         return run_stages(self.loaded, self.catalog)
 
-    def status(self) -> list[ClassStatus]:
+    def status(self) -> StatusReport:
         from diffspec.run.status import class_status
 
         return class_status(self.loaded, self.plan(), self.catalog)

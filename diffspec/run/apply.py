@@ -272,6 +272,8 @@ def _apply_locked(plan: Plan, units: list[WorkUnit], execution: ExecutionPlan, r
         if is_disk_full(exc):
             raise DiskFullError(_disk_full_message(output, todo, known_sizes, 0, exc)) from None
         raise
+    log.append(event("plan", f"plan: {planned} to create, {plan.total_keep} kept (already in the catalog), "
+                     f"{plan.total_remove} to remove", create=planned, keep=plan.total_keep, remove=plan.total_remove))
     log.append(event("execution", f"{execution.describe()}; " + "; ".join(
         f"{g.model}: {g.memory.describe()}" for g in sorted(execution.groups.values(), key=lambda g: g.model)),
         executor=execution.executor, devices=list(execution.devices),

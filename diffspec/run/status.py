@@ -1,13 +1,16 @@
-"""`diffspec status`: per class, how far the dataset is from its spec.
+"""`diffspec status`: per class, how far the dataset is from its spec, and what the last run did.
 
-target, done (live images the plan keeps), remaining (the plan's create count), obsolete
-(images the plan removes), rejected (rows of the ``filters`` stage with ``passed = false``)
-and quality (the share of images the ``classifier`` stage recognised as the prompted class). Stage figures are 0 / None when the
-stage has not run.
+Per class: target, done (live images the plan keeps), remaining (the plan's create count),
+obsolete (images the plan removes), rejected (rows of the ``filters`` stage with
+``passed = false``), quality (the share of images the ``classifier`` stage recognised as the
+prompted class) and the median seconds per image the catalog recorded. Stage figures are
+0 / None when the stage has not run. The last run: when, how it ended, what it made, what it
+found already there (kept), adopted and failed.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -26,11 +29,83 @@ class ClassStatus:
     obsolete: int
     rejected: int = 0
     quality: float | None = None
+    seconds_per_image: float | None = None  # median recorded for this class's live images
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["class"] = d.pop("name")
-        return {k: d[k] for k in ("class", "target", "done", "remaining", "obsolete", "rejected", "quality")}
+        return {k: d[k] for k in ("class", "target", "done", "remaining", "obsolete", "rejected", "quality",
+                                  "seconds_per_image")}
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    phase: str
+    started_at: str
+    ended_at: str | None
+    executor: str | None
+    planned: int
+    made: int
+    kept: int  # already in the catalog (cache hits): kept by its plan, or recorded since the plan was made
+    adopted: int  # whole images a killed run had written, recorded without making them again
+    failed: int
+    seconds: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    classes: tuple[ClassStatus, ...]
+    last_run: RunSummary | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"classes": [c.to_dict() for c in self.classes],
+                "last_run": self.last_run.to_dict() if self.last_run else None}
+
+
+def last_run(catalog: Catalog) -> RunSummary | None:
+    """The newest run that recorded its end (or, if it never did, its start)."""
+    if not catalog.exists() or not catalog.parts("runs"):
+        return None
+    runs = catalog.runs()
+    if not runs:
+        return None
+    by_id: dict[str, dict[str, Any]] = {}
+    for row in runs:  # an end row wins over the start row of the same run
+        if row["run_id"] not in by_id or row["phase"] != "started":
+            by_id[row["run_id"]] = row
+    row = max(by_id.values(), key=lambda r: (r["started_at"], r["run_id"]))
+    adopted = kept = 0
+    for entry in json.loads(row.get("log") or "[]"):
+        if entry.get("event") == "adopted":
+            adopted += int(entry.get("count") or 0)
+        elif entry.get("event") == "plan":
+            kept += int(entry.get("keep") or 0)
+    started, ended = row["started_at"], row.get("ended_at")
+    return RunSummary(
+        run_id=row["run_id"], phase=row["phase"], started_at=started.isoformat(timespec="seconds"),
+        ended_at=ended.isoformat(timespec="seconds") if ended else None, executor=row.get("executor"),
+        planned=int(row.get("planned") or 0), made=int(row.get("made") or 0), kept=kept + int(row.get("skipped") or 0),
+        adopted=adopted, failed=int(row.get("failed") or 0),
+        seconds=(ended - started).total_seconds() if ended else None,
+    )
+
+
+def _seconds_per_image(catalog: Catalog, live: set[str]) -> dict[str, float]:
+    if not live:
+        return {}
+    import pyarrow.compute as pc
+
+    table = catalog.live_images(["fingerprint", "class_name", "seconds"])
+    table = table.filter(pc.is_valid(table.column("seconds")))
+    if table.num_rows == 0:
+        return {}
+    grouped = table.group_by("class_name").aggregate([("seconds", "approximate_median")])
+    return {r["class_name"]: float(r["seconds_approximate_median"]) for r in grouped.to_pylist()
+            if r["seconds_approximate_median"] is not None}
 
 
 def _latest(catalog: Catalog, stage: str, keys: tuple[str, ...], column: str) -> dict[tuple[Any, ...], Any]:
@@ -44,7 +119,7 @@ def _latest(catalog: Catalog, stage: str, keys: tuple[str, ...], column: str) ->
     return dict(zip(zip(*cols), table.column(column).to_pylist()))
 
 
-def class_status(loaded: LoadedSpec, plan: Plan, catalog: Catalog) -> list[ClassStatus]:
+def class_status(loaded: LoadedSpec, plan: Plan, catalog: Catalog) -> StatusReport:
     live_class: dict[str, str] = {}
     if catalog.exists():
         index = catalog.index()
@@ -59,6 +134,7 @@ def class_status(loaded: LoadedSpec, plan: Plan, catalog: Catalog) -> list[Class
     for (fp,), value in _latest(catalog, "classifier", ("fingerprint",), "recognised").items():
         if value is not None and fp in live_class:
             recognised[live_class[fp]].append(bool(value))
+    timing = _seconds_per_image(catalog, set(live_class))
     rows = []
     for c in plan.classes:
         values = recognised.get(c.name, [])
@@ -70,25 +146,42 @@ def class_status(loaded: LoadedSpec, plan: Plan, catalog: Catalog) -> list[Class
             obsolete=c.remove,
             rejected=len(rejected.get(c.name, ())),
             quality=sum(values) / len(values) if values else None,
+            seconds_per_image=timing.get(c.name),
         ))
-    return rows
+    return StatusReport(tuple(rows), last_run(catalog))
 
 
-def render_status(rows: list[ClassStatus], console: Any) -> None:
+def render_status(report: StatusReport, console: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
+    rows = report.classes
     table = Table(show_edge=False, header_style="bold")
-    for col in ("class", "target", "done", "remaining", "obsolete", "rejected", "quality"):
+    for col in ("class", "target", "done", "remaining", "obsolete", "rejected", "quality", "s/image"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for r in rows:
         table.add_row(
-            r.name, str(r.target),
+            escape(r.name), str(r.target),
             f"[green]{r.done}[/]" if r.done and not r.remaining else str(r.done),
             f"[yellow]{r.remaining}[/]" if r.remaining else "0",
             f"[red]{r.obsolete}[/]" if r.obsolete else "0",
             str(r.rejected),
             f"{r.quality:.0%}" if r.quality is not None else "-",
+            _seconds(r.seconds_per_image),
         )
     if len(rows) > 1:
-        table.add_row("[bold]total", *(f"[bold]{sum(getattr(r, f) for r in rows)}" for f in ("target", "done", "remaining", "obsolete", "rejected")), "")
+        table.add_row("[bold]total", *(f"[bold]{sum(getattr(r, f) for r in rows)}"
+                                       for f in ("target", "done", "remaining", "obsolete", "rejected")), "", "")
     console.print(table)
+    run = report.last_run
+    if run is not None:
+        took = f" in {run.seconds:.1f}s" if run.seconds is not None else ""
+        console.print(f"last run {run.run_id} ({run.phase}, started {run.started_at}{took}): made {run.made}, "
+                      f"kept {run.kept} already there, adopted {run.adopted}, failed {run.failed}",
+                      highlight=False, markup=False)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value < 1 else f"{value:.1f}"

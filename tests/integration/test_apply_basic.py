@@ -132,7 +132,7 @@ def test_status_gc_and_prune(tmp_path: Path) -> None:
     project = Project(spec)
     project.apply(progress=False)
     output = project.output
-    status = {s.name: s for s in Project(spec).status()}
+    status = {s.name: s for s in Project(spec).status().classes}
     assert (status["a"].target, status["a"].done, status["a"].remaining, status["a"].obsolete) == (6, 6, 0, 0)
     assert status["a"].quality is None and status["a"].rejected == 0
 
@@ -145,7 +145,7 @@ def test_status_gc_and_prune(tmp_path: Path) -> None:
     cat.append_stage("filters", pa.table({"fingerprint": a_fps * 2, "filter": ["clip"] * 6 + ["dup"] * 6,
                                           "passed": [False, True, True, True, True, False] + [False] + [True] * 5}), "t1")
     cat.append_stage("classifier", pa.table({"fingerprint": a_fps, "recognised": [True, True, False, True, True, True]}), "t1")
-    status = {s.name: s for s in Project(spec).status()}
+    status = {s.name: s for s in Project(spec).status().classes}
     assert status["a"].rejected == 2 and status["a"].quality == pytest.approx(5 / 6)
     assert status["b"].rejected == 0 and status["b"].quality is None
     assert status["a"].to_dict()["class"] == "a"
@@ -153,7 +153,7 @@ def test_status_gc_and_prune(tmp_path: Path) -> None:
     # lower a target: the surplus is obsolete; apply without --prune deletes nothing
     spec.write_text(spec.read_text().replace("target: 6", "target: 4"))
     project = Project(spec)
-    assert {s.name: s.obsolete for s in project.status()} == {"a": 2, "b": 0}
+    assert {s.name: s.obsolete for s in project.status().classes} == {"a": 2, "b": 0}
     project.apply(progress=False)
     check_catalog(output, expected=10)
     dry = project.gc(dry_run=True)
@@ -163,7 +163,7 @@ def test_status_gc_and_prune(tmp_path: Path) -> None:
     assert done.count == 2 and done.bytes == dry.bytes
     assert not any((output / p).exists() for p in done.paths)
     check_catalog(output, expected=8)
-    assert {s.name: s.obsolete for s in Project(spec).status()} == {"a": 0, "b": 0}
+    assert {s.name: s.obsolete for s in Project(spec).status().classes} == {"a": 0, "b": 0}
 
     # apply --prune does the same as gc
     spec.write_text(spec.read_text().replace("a: {target: 4", "a: {target: 3"))

@@ -182,3 +182,16 @@ def test_process_executor_close_closes_every_workers_pipes(tmp_path: Path) -> No
     assert len(executor.workers) == 3
     assert all(w.tasks.closed and w.results.closed for w in executor.workers)
     assert not any(w.process.is_alive() for w in executor.workers)
+
+
+def test_status_reports_the_last_runs_made_kept_and_time_per_image(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, 'a: {target: 3, prompt: "a photo of a cat"}')
+    Project(spec).apply(progress=False)
+    spec.write_text(spec.read_text().replace("target: 3", "target: 5"))
+    Project(spec).apply(progress=False)
+    report = Project(spec).status()
+    assert report.last_run is not None and (report.last_run.made, report.last_run.kept) == (2, 3)
+    (row,) = report.classes
+    assert row.done == 5 and row.seconds_per_image is not None and row.seconds_per_image > 0
+    text = CliRunner().invoke(app, ["status", str(spec)]).output
+    assert "made 2, kept 3 already there" in text and "s/image" in text

@@ -8,7 +8,7 @@ from rich.console import Console
 
 from diffspec.run.apply import ApplyResult
 from diffspec.run.render import render_summary
-from diffspec.run.status import ClassStatus, render_status
+from diffspec.run.status import ClassStatus, RunSummary, StatusReport, render_status
 
 
 def result(**kw) -> ApplyResult:
@@ -49,7 +49,28 @@ def test_result_json_has_a_stable_shape() -> None:
 
 
 def test_status_table_and_json() -> None:
-    rows = [ClassStatus("a", 10, 8, 2, 1, 3, 0.91), ClassStatus("b", 5, 5, 0, 0, 0, None)]
-    out = text(render_status, rows)
-    assert "91%" in out and "total" in out
-    assert rows[0].to_dict() == {"class": "a", "target": 10, "done": 8, "remaining": 2, "obsolete": 1, "rejected": 3, "quality": 0.91}
+    rows = (ClassStatus("a", 10, 8, 2, 1, 3, 0.91, 0.012), ClassStatus("b", 5, 5, 0, 0, 0, None))
+    run = RunSummary("r9", "finished", "2026-12-02T10:00:00+00:00", "2026-12-02T10:01:00+00:00", "inprocess",
+                     planned=6, made=4, kept=2, adopted=0, failed=0, seconds=60.0)
+    report = StatusReport(rows, run)
+    out = text(render_status, report)
+    assert "91%" in out and "total" in out and "0.012" in out
+    assert "last run r9 (finished" in out and "made 4, kept 2 already there, adopted 0, failed 0" in out
+    assert rows[0].to_dict() == {"class": "a", "target": 10, "done": 8, "remaining": 2, "obsolete": 1, "rejected": 3,
+                                 "quality": 0.91, "seconds_per_image": 0.012}
+    assert report.to_dict()["last_run"]["kept"] == 2
+
+
+def test_progress_rate_is_images_over_elapsed_time_not_the_gap_between_two_batches() -> None:
+    import time
+    from collections import Counter
+
+    from diffspec.run.render import RunProgress
+
+    view = RunProgress(Console(record=True, width=200), Counter({"a": 128}))
+    with view:
+        time.sleep(0.5)
+        view.advance(Counter({"a": 64}))
+        view.advance(Counter({"a": 64}))  # two batches recorded back to back
+        rate = float(view._progress.tasks[view._overall].fields["rate"].split()[0])
+    assert 100 < rate <= 256  # 128 images in just over 0.5 s, not 64 over the microseconds between them
