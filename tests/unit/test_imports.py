@@ -58,3 +58,21 @@ def test_validate_and_plan_do_not_import_the_heavy_stack(tmp_path: Path) -> None
     }
     assert report["after_import"] == []
     assert report["after_commands"] == [], f"heavy modules imported: {report['after_commands']}"
+
+
+def test_gpu_check_says_plainly_that_there_is_no_cuda_here() -> None:
+    """bench/gpu_check.py is for CUDA machines; without one it exits 2 with a message, no traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: run bench/gpu_check.py itself")
+    script = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no CUDA device here" in proc.stderr and "Traceback" not in proc.stderr
