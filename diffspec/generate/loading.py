@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import torch
 
 from diffspec.errors import GenerationError
-from diffspec.generate.families import (
+from diffspec.tables.families import (
     FAMILIES,
     controlnet_class_name,
     family_from_folder,

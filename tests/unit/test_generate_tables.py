@@ -9,17 +9,18 @@ import sys
 import pytest
 
 from diffspec.errors import GenerationError
-from diffspec.generate import families, prompts, schedulers
+from diffspec.generate import prompts
 from diffspec.spec.model import SCHEDULER_NAMES
+from diffspec.tables import families, schedulers
 
 
 def test_planner_modules_import_without_torch():
     code = (
         "import sys\n"
-        "import diffspec.generate, diffspec.generate.families, diffspec.generate.schedulers\n"
-        "import diffspec.generate.prompts, diffspec.generate.memory\n"
-        "from diffspec.generate.families import pipeline_class_name, guess_family, check_scheduler_name\n"
-        "from diffspec.generate.schedulers import scheduler_table_entry\n"
+        "import diffspec.generate, diffspec.tables.families, diffspec.tables.schedulers\n"
+        "import diffspec.generate.prompts, diffspec.generate.memory, diffspec.tables.sources\n"
+        "from diffspec.tables.families import pipeline_class_name, guess_family, check_scheduler_name\n"
+        "from diffspec.tables.schedulers import scheduler_table_entry\n"
         "pipeline_class_name('sdxl', 'inpaint'); scheduler_table_entry('dpmpp_2m_karras')\n"
         "check_scheduler_name('flux', 'flow_euler'); guess_family('black-forest-labs/FLUX.1-dev')\n"
         "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'cv2', 'compel') if m in sys.modules)\n"
