@@ -17,7 +17,13 @@ from diffspec.errors import GenerationError, Problem
 from diffspec.spec.errors_map import _message
 from diffspec.spec.model import PARAM_NAMES, ClassSpec, Defaults, GenParams, Spec
 from diffspec.spec.resolved import ResolvedClass, ResolvedParams
-from diffspec.spec.sources import VALID_VAR, count_images, resolve_inputs, shown_path, values_of
+from diffspec.spec.sources import (
+    VALID_VAR,
+    count_images,
+    resolve_inputs,
+    shown_path,
+    values_of,
+)
 from diffspec.spec.suggest import did_you_mean
 from diffspec.spec.yamlio import PathT, Positions
 from diffspec.tables.families import check_size, check_supported, resolve_family

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from diffspec.errors import GenerationError
 from diffspec.tables.schedulers import SCHEDULER_TABLE
+from diffspec.tables.sources import is_builtin, looks_like_path
 
 FAMILIES: tuple[str, ...] = ("sd", "sdxl", "sd3", "flux", "kandinsky", "builtin")
 MODES: tuple[str, ...] = ("txt2img", "img2img", "inpaint", "controlnet")
@@ -152,16 +153,6 @@ def family_from_folder(folder: str | Path) -> str:
     return family
 
 
-def looks_like_path(source: str) -> bool:
-    """True when ``source`` is meant as a local path rather than a hub id."""
-    if source.startswith(("/", "./", "../", "~", ".\\")) or "\\" in source:
-        return True
-    if Path(source).expanduser().exists():
-        return True
-    # hub ids are "name" or "org/name"; more slashes mean a path
-    return source.count("/") > 1
-
-
 def resolve_family(source: str, family: str) -> str:
     """The family a model entry names, or the guess from its source when it says ``auto``."""
     return family if family != "auto" else guess_family(source)
@@ -174,7 +165,7 @@ def guess_family(source: str) -> str:
     ``_class_name``; a hub id → by name: sd3 / stable-diffusion-3 → sd3, flux → flux,
     kandinsky → kandinsky, sdxl / xl → sdxl, anything else → sd.
     """
-    if source.startswith("builtin:"):
+    if is_builtin(source):
         return "builtin"
     if looks_like_path(source):
         return family_from_folder(source)

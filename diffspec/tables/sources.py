@@ -28,3 +28,13 @@ def resolve_source(source: str, root: Path) -> str:
     """The source as plans and loaders see it: an existing local folder as an absolute path."""
     folder = local_folder(source, root)
     return str(folder) if folder is not None else source
+
+
+def looks_like_path(source: str) -> bool:
+    """True when ``source`` is meant as a local path rather than a hub id."""
+    if source.startswith(("/", "./", "../", "~", ".\\")) or "\\" in source:
+        return True
+    if Path(source).expanduser().exists():
+        return True
+    # hub ids are "name" or "org/name"; more slashes mean a path
+    return source.count("/") > 1
