@@ -34,10 +34,13 @@ def salvage(data: dict[str, Any], exc: ValidationError) -> tuple[Spec, frozenset
     what failed cannot be set aside without risking false problems."""
     work = copy.deepcopy(data)
     broken_models: set[str] = set()
+    dropped: set[tuple[str, str]] = set()
     for _ in range(_ROUNDS):
-        for error in exc.errors(include_url=False):
-            path, _, _ = _data_path(tuple(error["loc"]), work)
-            if not _set_aside(work, path, broken_models):
+        paths = [_data_path(tuple(error["loc"]), work)[0] for error in exc.errors(include_url=False)]
+        for path in paths:
+            if path[:2] in dropped:
+                continue  # a second problem of a class or model already set aside
+            if not _set_aside(work, path, broken_models, dropped):
                 return None
         if not work.get("classes"):
             return None  # "no classes" would repeat a schema problem (e.g. a misspelt `classes`)
@@ -48,7 +51,7 @@ def salvage(data: dict[str, Any], exc: ValidationError) -> tuple[Spec, frozenset
     return None
 
 
-def _set_aside(work: dict[str, Any], path: PathT, broken_models: set[str]) -> bool:
+def _set_aside(work: dict[str, Any], path: PathT, broken_models: set[str], dropped: set[tuple[str, str]]) -> bool:
     if not path:
         return False
     head = path[0]
@@ -65,9 +68,9 @@ def _set_aside(work: dict[str, Any], path: PathT, broken_models: set[str]) -> bo
         work.pop(head, None)  # its rows are already classes; without any, "no classes" would be false
         return bool(work.get("classes"))
     if head == "models":
-        return _drop_entry(work, path, broken_models)
+        return _drop_entry(work, path, broken_models, dropped)
     if head == "classes":
-        return _set_aside_in_class(work, path)
+        return _set_aside_in_class(work, path, dropped)
     if head == "vars":
         return _placeholder_var(work.get("vars"), path[1:])
     if head == "defaults":
@@ -78,16 +81,17 @@ def _set_aside(work: dict[str, Any], path: PathT, broken_models: set[str]) -> bo
     return False
 
 
-def _drop_entry(work: dict[str, Any], path: PathT, broken: set[str]) -> bool:
+def _drop_entry(work: dict[str, Any], path: PathT, broken: set[str], dropped: set[tuple[str, str]]) -> bool:
     models = work.get("models")
     if len(path) < 2 or not isinstance(models, dict) or path[1] not in models:
         return False
     del models[path[1]]
     broken.add(str(path[1]))
+    dropped.add(("models", str(path[1])))
     return bool(models)
 
 
-def _set_aside_in_class(work: dict[str, Any], path: PathT) -> bool:
+def _set_aside_in_class(work: dict[str, Any], path: PathT, dropped: set[tuple[str, str]]) -> bool:
     classes = work.get("classes")
     if len(path) < 2 or not isinstance(classes, dict) or path[1] not in classes:
         return False
@@ -103,6 +107,7 @@ def _set_aside_in_class(work: dict[str, Any], path: PathT) -> bool:
             cls.pop(key, None)
             return True
     del classes[path[1]]  # the whole class: its other checks wait for the fix
+    dropped.add(("classes", str(path[1])))
     return bool(classes)  # with none left, "the spec defines no classes" would be false
 
 

@@ -181,6 +181,7 @@ def test_schema_and_semantic_errors_are_reported_in_one_run(tmp_path: Path) -> N
           no_input: {prompt: a cat, target: 1, mode: img2img}
           uses_broken: {prompt: a cat, target: 1, model: broken}
           bad_name/x: {prompt: a cat, target: 1}
+          two_wrong: {prompt: a cat, target: 1, mode: sideways, seeds: x}
         """)
     problems = "\n".join(_problems(spec))
     expected = [
@@ -190,6 +191,7 @@ def test_schema_and_semantic_errors_are_reported_in_one_run(tmp_path: Path) -> N
         "`max_batch` must be ≥ 1",                        # schema: budget
         "`steps` must be an integer",                     # schema: a class
         "class name 'bad_name/x'",                        # schema: a class name
+        "`seeds` must be a list", "`mode` must be",        # schema: two in one class
         "size 500x500 is not possible for sd models",     # semantic
         "unknown model 'sd2'",                            # semantic
         "undefined variable {colour}",                    # semantic ({bad} is defined, if broken)
@@ -200,7 +202,7 @@ def test_schema_and_semantic_errors_are_reported_in_one_run(tmp_path: Path) -> N
     assert "undefined variable {bad}" not in problems
     assert "unknown model 'broken'" not in problems and "uses_broken" not in problems, \
         "a model that failed validation is not reported again where it is used"
-    assert problems.count("\n") + 1 == 11, problems
+    assert problems.count("\n") + 1 == 13, problems
 
 
 def test_a_spec_that_cannot_be_set_aside_safely_reports_the_schema_problems_only(tmp_path: Path) -> None:
