@@ -1,8 +1,8 @@
 """Model backends behind one small interface.
 
 ``import diffspec.generate`` imports nothing heavy: the torch-free tables the planner uses
-live in :mod:`diffspec.generate.families`, :mod:`diffspec.generate.schedulers` (names and
-table entries) and :mod:`diffspec.generate.prompts`; everything that needs torch/diffusers
+live below it, in :mod:`diffspec.tables` (families, scheduler names and table entries, model
+sources), plus :mod:`diffspec.generate.prompts`; everything that needs torch/diffusers
 (:class:`Backend`, :func:`load_pipeline`, :func:`build_tiny`, ...) is imported on first use.
 
 The runner's interface::
@@ -41,9 +41,9 @@ _LAZY = {
     "escalate": "diffspec.generate.memory",
     "is_out_of_memory": "diffspec.generate.memory",
     "make_scheduler": "diffspec.generate.schedulers",
-    "scheduler_table_entry": "diffspec.generate.schedulers",
-    "guess_family": "diffspec.generate.families",
-    "pipeline_class_name": "diffspec.generate.families",
+    "scheduler_table_entry": "diffspec.tables.schedulers",
+    "guess_family": "diffspec.tables.families",
+    "pipeline_class_name": "diffspec.tables.families",
 }
 
 

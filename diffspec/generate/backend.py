@@ -32,11 +32,12 @@ import torch
 
 from diffspec.errors import GenerationError
 from diffspec.generate.control import control_image, load_mask, load_rgb
-from diffspec.generate.families import (
+from diffspec.tables.families import (
     KANDINSKY_PRIOR_GUIDANCE,
     KANDINSKY_PRIOR_STEPS,
     PROMPT_WEIGHTING_FAMILIES,
     check_size,
+    guidance_applies,
     supports_negative_prompt,
     supports_prompt_weighting,
 )
@@ -262,7 +263,7 @@ class Backend:
     def _do_cfg(self, key: PipelineKey) -> bool:
         unet = getattr(self.pipe, "unet", None)
         distilled = unet is not None and getattr(unet.config, "time_cond_proj_dim", None) is not None
-        return key.guidance > 1.0 and not distilled
+        return guidance_applies(self.family, key.guidance, distilled=distilled)
 
     def _text_kwargs(self, units: Sequence[WorkUnit], key: PipelineKey) -> dict[str, Any]:
         prompts = [u.prompt for u in units]

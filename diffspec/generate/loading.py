@@ -23,15 +23,15 @@ from typing import Any, Iterator
 import torch
 
 from diffspec.errors import GenerationError
-from diffspec.generate.families import (
+from diffspec.plan.unit import ModelRef, PipelineKey
+from diffspec.tables.families import (
     FAMILIES,
     controlnet_class_name,
     family_from_folder,
     guess_family,
-    looks_like_path,
     pipeline_class_name,
 )
-from diffspec.plan.unit import ModelRef, PipelineKey
+from diffspec.tables.sources import looks_like_path
 
 log = logging.getLogger(__name__)
 

@@ -1,72 +1,21 @@
-"""Schedulers come from config: a table from our names to a diffusers class plus kwargs.
+"""Schedulers come from config: the diffusers side of the scheduler table.
 
-The table and :func:`scheduler_table_entry` are torch-free (the planner puts the entry into
-the fingerprint); :func:`make_scheduler` imports diffusers when called and swaps a scheduler
-the diffusers way, ``Class.from_config(base_config, **kwargs)``.
+The table itself and its names live in :mod:`diffspec.tables.schedulers` (torch-free, the
+planner puts the entry into the fingerprint); :func:`make_scheduler` imports diffusers when
+called and swaps a scheduler the diffusers way, ``Class.from_config(base_config, **kwargs)``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from diffspec.errors import GenerationError
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerEntry:
-    class_name: str
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    flow_matching: bool = False
-
-
-#: Our scheduler names → diffusers class + kwargs. ``default`` keeps the pipeline's own.
-#: The A1111 names in comments are the usual equivalents.
-SCHEDULER_TABLE: dict[str, SchedulerEntry | None] = {
-    "default": None,
-    "ddpm": SchedulerEntry("DDPMScheduler"),
-    "ddim": SchedulerEntry("DDIMScheduler"),
-    "pndm": SchedulerEntry("PNDMScheduler"),
-    "lms": SchedulerEntry("LMSDiscreteScheduler"),  # LMS
-    "euler": SchedulerEntry("EulerDiscreteScheduler"),  # Euler
-    "euler_a": SchedulerEntry("EulerAncestralDiscreteScheduler"),  # Euler a
-    "heun": SchedulerEntry("HeunDiscreteScheduler"),  # Heun
-    "dpmpp_2m": SchedulerEntry(  # DPM++ 2M
-        "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}
-    ),
-    "dpmpp_2m_karras": SchedulerEntry(  # DPM++ 2M Karras
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-    ),
-    # DPM++ 2M SDE. (DPMSolverSDEScheduler would need the extra `torchsde` package.)
-    "dpmpp_sde": SchedulerEntry(
-        "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
-    ),
-    "unipc": SchedulerEntry("UniPCMultistepScheduler"),  # UniPC
-    "flow_euler": SchedulerEntry("FlowMatchEulerDiscreteScheduler", flow_matching=True),
-}
+from diffspec.tables.schedulers import SCHEDULER_TABLE, scheduler_table_entry
 
 _FLOW_CLASSES = frozenset(
     {"FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "FlowMatchLCMScheduler"}
 )
-
-
-def scheduler_names() -> tuple[str, ...]:
-    return tuple(SCHEDULER_TABLE)
-
-
-def scheduler_table_entry(name: str) -> tuple[str | None, dict[str, Any]]:
-    """``(class_name, kwargs)`` of a scheduler name; ``(None, {})`` for ``default``. Torch-free."""
-    try:
-        entry = SCHEDULER_TABLE[name]
-    except KeyError:
-        raise GenerationError(
-            f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULER_TABLE)}"
-        ) from None
-    if entry is None:
-        return None, {}
-    return entry.class_name, dict(entry.kwargs)
 
 
 def _jsonable(value: Any) -> Any:

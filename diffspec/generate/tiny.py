@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from diffspec.errors import GenerationError
-from diffspec.generate.families import pipeline_class_name
+from diffspec.tables.families import pipeline_class_name
 
 __all__ = ["build_tiny", "tiny_controlnet_path", "TINY_SUPPORTED", "clip_tokenizer", "t5_tokenizer"]
 

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from diffspec.errors import PlanError
-from diffspec.plan.models import resolve_family, scheduler_entry
 from diffspec.plan.seeds import derive_seeds, key64, rendezvous, splitmix64
 from diffspec.plan.unit import (
     EmbeddingRef,
@@ -29,7 +28,10 @@ from diffspec.plan.unit import (
     WorkUnit,
     normalize_prompt,
 )
-from diffspec.spec.loader import PLACEHOLDER, LoadedSpec, ResolvedClass
+from diffspec.spec.loader import PLACEHOLDER, LoadedSpec, ResolvedClass, ResolvedParams
+from diffspec.tables.families import guidance_applies, resolve_family
+from diffspec.tables.schedulers import scheduler_entry
+from diffspec.tables.sources import resolve_source
 
 MAX_VARIANTS = 200_000
 
@@ -101,9 +103,7 @@ class ClassUnits:
 def model_ref(loaded: LoadedSpec, name: str) -> ModelRef:
 
     model = loaded.spec.models[name]
-    source = model.source
-    if not source.startswith("builtin:") and (loaded.root / source).is_dir():
-        source = str((loaded.root / source).resolve())  # a local folder: absolute, so runs from anywhere agree
+    source = resolve_source(model.source, loaded.root)
     return ModelRef(
         name=name,
         source=source,
@@ -120,29 +120,27 @@ def model_ref(loaded: LoadedSpec, name: str) -> ModelRef:
     )
 
 
-def _pipeline_key(loaded: LoadedSpec, cls: ResolvedClass, params: dict[str, Any], models: dict[str, ModelRef]) -> PipelineKey:
-    name = params["model"]
+def _pipeline_key(loaded: LoadedSpec, cls: ResolvedClass, params: ResolvedParams, models: dict[str, ModelRef]) -> PipelineKey:
+    name = params.model
     if name not in models:
         models[name] = model_ref(loaded, name)
     model = models[name]
-    width, height = params["size"]
-    scheduler = params["scheduler"]
-    kwargs = dict(params.get("scheduler_kwargs") or {})
+    width, height = params.size
     # The table entry (diffusers class + kwargs) our scheduler name stands for is part of the identity,
     # so changing the table re-plans the units it affects.
     return PipelineKey(
         model=model,
-        mode=params["mode"],
-        scheduler=scheduler,
-        scheduler_kwargs=tuple(sorted(kwargs.items())),
+        mode=params.mode,
+        scheduler=params.scheduler,
+        scheduler_kwargs=tuple(sorted(params.scheduler_kwargs)),
         width=int(width),
         height=int(height),
-        steps=int(params["steps"]),
-        guidance=float(params["guidance"]),
-        strength=float(params["strength"]) if params["mode"] in ("img2img", "inpaint") else None,
-        conditioning_scale=float(params["conditioning_scale"]) if params["mode"] == "controlnet" else None,
-        control=_control(cls) if params["mode"] == "controlnet" else None,
-        scheduler_entry=scheduler_entry(scheduler),
+        steps=int(params.steps),
+        guidance=float(params.guidance),
+        strength=float(params.strength) if params.mode in ("img2img", "inpaint") else None,
+        conditioning_scale=float(params.conditioning_scale) if params.mode == "controlnet" else None,
+        control=_control(cls) if params.mode == "controlnet" else None,
+        scheduler_entry=scheduler_entry(params.scheduler),
     )
 
 
@@ -154,11 +152,9 @@ def _control(cls: ResolvedClass) -> str | None:
 
 
 def _effective_negative(key: PipelineKey, negative: str) -> str:
-    """The negative prompt only changes pixels under classifier-free guidance (guidance > 1), and
-    FLUX takes none at all: elsewhere it is dropped so it does not split identical units."""
-    if key.model.family == "flux" or key.guidance <= 1.0:
-        return ""
-    return negative
+    """The negative prompt only changes pixels where classifier-free guidance applies: elsewhere
+    it is dropped so it does not split identical units."""
+    return negative if guidance_applies(key.model.family, key.guidance) else ""
 
 
 def _render(template: str, values: dict[str, str]) -> str:
@@ -188,11 +184,11 @@ def expand_variants(loaded: LoadedSpec, cls: ResolvedClass, models: dict[str, Mo
     keys: dict[str, PipelineKey] = {}
     for combo in sweeps:
         overrides = dict(zip(sweep_keys, combo))
-        params = {**cls.params, **{k: (tuple(v) if k == "size" else v) for k, v in overrides.items()}}
+        params = cls.params_for(overrides)
         sweep_id = json.dumps(overrides, sort_keys=True)
         if sweep_id not in keys:
             keys[sweep_id] = _pipeline_key(loaded, cls, params, models)
-        negative = _effective_negative(keys[sweep_id], normalize_prompt(str(params.get("negative") or "")))
+        negative = _effective_negative(keys[sweep_id], normalize_prompt(params.negative))
         for prompt in prompts:
             variant = Variant(prompt, negative, keys[sweep_id], tuple(sorted(overrides.items())))
             variants.setdefault(variant.identity, variant)  # two templates rendering one text are one variant
@@ -210,7 +206,7 @@ def compile_class(loaded: LoadedSpec, cls: ResolvedClass, models: dict[str, Mode
     if cls.seeds is not None:
         seeds = np.asarray(cls.seeds[:n], dtype=np.int64)
     else:
-        seeds = derive_seeds(int(cls.params["seed"]), cls.seed_key, indices)
+        seeds = derive_seeds(int(cls.params.seed), cls.seed_key, indices)
     variant_of = rendezvous(cls.seed_key, indices, [v.identity for v in variants])
     input_of = rendezvous(cls.seed_key, indices, [i.sha256 + (i.mask_sha256 or "") for i in cls.inputs], salt="input") if cls.inputs else None
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffspec.plan.unit import PipelineKey
+from diffspec.tables.families import guidance_applies, supports_negative_prompt
 
 # family: (parameters in billions, native side in px, activation GB per image at native size in fp16,
 #          seconds per step per image at native size on a reference GPU (A10G-class, fp16), same on CPU fp32)
@@ -134,8 +135,10 @@ def seconds_per_image(key: PipelineKey, device: str, batch: int, history: dict[t
     steps = key.steps
     if key.mode in ("img2img", "inpaint") and key.strength:
         steps = max(1, int(steps * key.strength))
-    # Batching amortises fixed per-call costs: a modest, documented gain. Table figures include
-    # classifier-free guidance (two UNet passes); guidance ≤ 1 skips the second.
+    # Batching amortises fixed per-call costs: a modest, documented gain. Table figures are at a
+    # family's usual passes per step: two (classifier-free guidance) for the families that take a
+    # negative prompt, one for FLUX; where guidance does not apply to a two-pass family, one is skipped.
     batch_gain = 1.0 / (1.0 + 0.1 * math.log2(max(1, batch)))
-    cfg = 1.0 if key.guidance > 1.0 else 0.55
+    two_pass_table = supports_negative_prompt(family)
+    cfg = 0.55 if two_pass_table and not guidance_applies(family, key.guidance) else 1.0
     return per_step * steps * scale * cfg * batch_gain, "table"

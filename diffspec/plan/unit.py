@@ -8,7 +8,8 @@ negative prompt, seed, input hashes). Canonical form, version 1::
     diffspec-unit/v1\n<json of the group fields, sorted keys>\n<json list [prompt, negative, seed, input_hash, mask_hash]>
 
 Labels, descriptions, output paths, class names and key order are not in it: editing them
-re-runs no GPU work (they go into the separate metadata hash).
+re-runs no GPU work. There is no separate metadata hash: a catalog row records the label its
+unit was made under, and a later label edit does not rewrite rows that are kept.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class PipelineKey:
 
     model: ModelRef
     mode: str  # txt2img | img2img | inpaint | controlnet
-    scheduler: str  # our scheduler name, see generate/schedulers.py
+    scheduler: str  # our scheduler name, see tables/schedulers.py
     scheduler_kwargs: tuple[tuple[str, Any], ...]
     width: int
     height: int
@@ -93,7 +94,7 @@ class PipelineKey:
     strength: float | None = None
     conditioning_scale: float | None = None
     control: str | None = None  # canny | depth | image
-    # The diffusers class and kwargs our scheduler name stands for (generate/schedulers.py), so a
+    # The diffusers class and kwargs our scheduler name stands for (tables/schedulers.py), so a
     # change of that table re-plans exactly the units it affects.
     scheduler_entry: str = ""
 

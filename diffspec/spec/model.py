@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from diffspec.tables.schedulers import SCHEDULER_NAMES as _TABLE_NAMES
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,127}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 
@@ -22,23 +24,9 @@ Scalar = Union[str, int, float, bool, None]
 # than intent, and the planner would fail on memory instead of saying so.
 MAX_IMAGES_PER_CLASS = 10_000_000
 
-# Our scheduler names; the table from these to diffusers classes lives in generate/schedulers.py.
-# Kept here as data so `validate` can check names without importing diffusers.
-SCHEDULER_NAMES: tuple[str, ...] = (
-    "default",
-    "ddpm",
-    "ddim",
-    "pndm",
-    "lms",
-    "euler",
-    "euler_a",
-    "heun",
-    "dpmpp_2m",
-    "dpmpp_2m_karras",
-    "dpmpp_sde",
-    "unipc",
-    "flow_euler",
-)
+# Our scheduler names, from the torch-free table (diffspec/tables/schedulers.py), so `validate`
+# checks names without importing diffusers and the names have one owner.
+SCHEDULER_NAMES: tuple[str, ...] = _TABLE_NAMES
 
 
 class StrictModel(BaseModel):
@@ -81,27 +69,43 @@ class EmbeddingSpec(StrictModel):
     weight_name: str | None = None
 
 
+Size = tuple[Annotated[int, Field(ge=8, le=8192)], Annotated[int, Field(ge=8, le=8192)]]
+Steps = Annotated[int, Field(ge=1, le=1000)]
+Guidance = Annotated[float, Field(ge=0.0, le=100.0)]
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
+Strength = Annotated[float, Field(gt=0.0, le=1.0)]
+ConditioningScale = Annotated[float, Field(ge=0.0, le=5.0)]
+
+_DESCRIPTIONS = {
+    "model": "Name of an entry in `models`.",
+    "mode": "txt2img, img2img, inpaint or controlnet.",
+    "size": "[width, height] in pixels.",
+    "steps": "Denoising steps.",
+    "guidance": "Classifier-free guidance scale (<= 1 turns it off).",
+    "negative": "Negative prompt.",
+    "seed": "Base seed.",
+    "strength": "img2img / inpaint denoising strength.",
+    "scheduler": f"One of {', '.join(SCHEDULER_NAMES)}.",
+    "scheduler_kwargs": "Extra options of the scheduler class.",
+    "conditioning_scale": "ControlNet conditioning scale.",
+}
+
+
 class GenParams(StrictModel):
     """Generation parameters. Every field is optional so that any level can override any subset:
-    spec defaults < model defaults < profile < class."""
+    spec defaults < model defaults < profile < class. The built-in values are on `Defaults`."""
 
-    model: str | None = Field(None, description="Name of an entry in `models`.")
-    mode: Mode | None = None
-    size: tuple[Annotated[int, Field(ge=8, le=8192)], Annotated[int, Field(ge=8, le=8192)]] | None = (
-        Field(None, description="[width, height] in pixels.")
-    )
-    steps: Annotated[int, Field(ge=1, le=1000)] | None = None
-    guidance: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
-    negative: str | None = Field(None, description="Negative prompt.")
-    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = Field(None, description="Base seed.")
-    strength: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
-        None, description="img2img / inpaint denoising strength."
-    )
-    scheduler: str | None = Field(None, description=f"One of {', '.join(SCHEDULER_NAMES)}.")
-    scheduler_kwargs: dict[str, Scalar] | None = None
-    conditioning_scale: Annotated[float, Field(ge=0.0, le=5.0)] | None = Field(
-        None, description="ControlNet conditioning scale."
-    )
+    model: str | None = Field(None, description=_DESCRIPTIONS["model"])
+    mode: Mode | None = Field(None, description=_DESCRIPTIONS["mode"])
+    size: Size | None = Field(None, description=_DESCRIPTIONS["size"])
+    steps: Steps | None = Field(None, description=_DESCRIPTIONS["steps"])
+    guidance: Guidance | None = Field(None, description=_DESCRIPTIONS["guidance"])
+    negative: str | None = Field(None, description=_DESCRIPTIONS["negative"])
+    seed: Seed | None = Field(None, description=_DESCRIPTIONS["seed"])
+    strength: Strength | None = Field(None, description=_DESCRIPTIONS["strength"])
+    scheduler: str | None = Field(None, description=_DESCRIPTIONS["scheduler"])
+    scheduler_kwargs: dict[str, Scalar] | None = Field(None, description=_DESCRIPTIONS["scheduler_kwargs"])
+    conditioning_scale: ConditioningScale | None = Field(None, description=_DESCRIPTIONS["conditioning_scale"])
 
     @field_validator("scheduler")
     @classmethod
@@ -112,6 +116,27 @@ class GenParams(StrictModel):
             hint = did_you_mean(value, SCHEDULER_NAMES) or f" (one of: {', '.join(SCHEDULER_NAMES)})"
             raise ValueError(f"unknown scheduler {value!r}{hint}")
         return value
+
+
+class Defaults(GenParams):
+    """The spec's `defaults:`. The built-in value of every generation parameter is defined here
+    and only here: the JSON Schema shows it, the loader starts from it, docs/spec.md lists it
+    (a test checks all three agree)."""
+
+    mode: Mode = Field("txt2img", description=_DESCRIPTIONS["mode"])
+    size: Size = Field((512, 512), description=_DESCRIPTIONS["size"])
+    steps: Steps = Field(30, description=_DESCRIPTIONS["steps"])
+    guidance: Guidance = Field(7.5, description=_DESCRIPTIONS["guidance"])
+    negative: str = Field("", description=_DESCRIPTIONS["negative"])
+    seed: Seed = Field(0, description=_DESCRIPTIONS["seed"])
+    strength: Strength = Field(0.75, description=_DESCRIPTIONS["strength"])
+    scheduler: str = Field("default", description=_DESCRIPTIONS["scheduler"] + " `default` keeps the model's own.")
+    scheduler_kwargs: dict[str, Scalar] = Field({}, description=_DESCRIPTIONS["scheduler_kwargs"])
+    conditioning_scale: ConditioningScale = Field(1.0, description=_DESCRIPTIONS["conditioning_scale"])
+
+
+#: The generation parameters a spec sets (every field of GenParams).
+PARAM_NAMES: tuple[str, ...] = tuple(GenParams.model_fields)
 
 
 class ModelSpec(StrictModel):
@@ -316,7 +341,7 @@ class Spec(StrictModel):
     description: str | None = None
     output: str = Field("data/synthetic", description="Output root, relative to the spec file.")
     models: dict[str, ModelSpec] = Field(description="Named models.")
-    defaults: GenParams = Field(default_factory=GenParams)
+    defaults: Defaults = Field(default_factory=Defaults)
     budget: Budget = Field(default_factory=Budget)
     vars: dict[str, VarValues] = Field(default_factory=dict, description="Vars shared by every class.")
     classes: dict[ClassName, ClassSpec] = Field(default_factory=dict)

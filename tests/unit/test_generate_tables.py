@@ -9,17 +9,18 @@ import sys
 import pytest
 
 from diffspec.errors import GenerationError
-from diffspec.generate import families, prompts, schedulers
+from diffspec.generate import prompts
 from diffspec.spec.model import SCHEDULER_NAMES
+from diffspec.tables import families, schedulers
 
 
 def test_planner_modules_import_without_torch():
     code = (
         "import sys\n"
-        "import diffspec.generate, diffspec.generate.families, diffspec.generate.schedulers\n"
-        "import diffspec.generate.prompts, diffspec.generate.memory\n"
-        "from diffspec.generate.families import pipeline_class_name, guess_family, check_scheduler_name\n"
-        "from diffspec.generate.schedulers import scheduler_table_entry\n"
+        "import diffspec.generate, diffspec.tables.families, diffspec.tables.schedulers\n"
+        "import diffspec.generate.prompts, diffspec.generate.memory, diffspec.tables.sources\n"
+        "from diffspec.tables.families import pipeline_class_name, guess_family, check_scheduler_name\n"
+        "from diffspec.tables.schedulers import scheduler_table_entry\n"
         "pipeline_class_name('sdxl', 'inpaint'); scheduler_table_entry('dpmpp_2m_karras')\n"
         "check_scheduler_name('flux', 'flow_euler'); guess_family('black-forest-labs/FLUX.1-dev')\n"
         "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'cv2', 'compel') if m in sys.modules)\n"
@@ -138,3 +139,29 @@ def test_memory_strategy_names_match_the_spec():
 
     spec_names = set(Budget.model_fields["strategy"].annotation.__args__) - {"auto"}
     assert set(STRATEGIES) == spec_names
+
+
+def test_guidance_rule_has_one_owner_used_by_compiler_estimator_and_backend():
+    from pathlib import Path
+
+    assert families.guidance_applies("sd", 7.5) and families.guidance_applies("kandinsky", 4.0)
+    assert not families.guidance_applies("sd", 1.0)  # at 1 the guided and unguided passes coincide
+    assert not families.guidance_applies("flux", 3.5)  # guidance-distilled: one pass
+    assert not families.guidance_applies("sdxl", 7.5, distilled=True)
+    root = Path(__file__).resolve().parents[2] / "diffspec"
+    for user in ("plan/compile.py", "plan/estimate.py", "generate/backend.py"):
+        text = (root / user).read_text(encoding="utf-8")
+        assert "guidance_applies(" in text, user
+        assert "guidance > 1" not in text and "guidance <= 1" not in text, f"{user} restates the rule"
+
+
+def test_estimate_counts_guidance_passes_by_the_rule():
+    from diffspec.plan.estimate import seconds_per_image
+    from diffspec.plan.unit import ModelRef, PipelineKey
+
+    def seconds(family: str, guidance: float) -> float:
+        key = PipelineKey(ModelRef("m", f"x/{family}", family), "txt2img", "default", (), 512, 512, 10, guidance)
+        return seconds_per_image(key, "cuda", 1, {})[0]
+
+    assert seconds("sd", 1.0) == pytest.approx(0.55 * seconds("sd", 7.5))
+    assert seconds("flux", 0.0) == seconds("flux", 3.5)  # FLUX's table figure is one pass already

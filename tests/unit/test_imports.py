@@ -76,3 +76,22 @@ def test_gpu_check_says_plainly_that_there_is_no_cuda_here() -> None:
     script = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.py"
     proc = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no CUDA device here" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_spec_and_plan_do_not_import_generate() -> None:
+    """The tables both need live below them (diffspec.tables): `generate` is a layer above."""
+    offenders = [
+        f"{path.relative_to(REPO)}:{n}"
+        for package in ("spec", "plan", "tables")
+        for path in sorted((REPO / "diffspec" / package).rglob("*.py"))
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if line.strip().startswith(("from diffspec.generate", "import diffspec.generate"))
+    ]
+    assert offenders == []
+    code = (
+        "import sys\n"
+        "import diffspec.spec.loader, diffspec.plan.compile, diffspec.plan.diff, diffspec.plan.estimate, diffspec.tables.families\n"
+        "print(sorted(m for m in sys.modules if m.startswith('diffspec.generate')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

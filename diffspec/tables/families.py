@@ -1,7 +1,8 @@
 """Model families: which diffusers pipeline class runs a (family, mode), torch-free.
 
-The planner calls these at validate time, so this module imports nothing heavy: pipeline
-classes are named by string and resolved with ``getattr(diffusers, name)`` by the loader.
+`spec` validates with these, `plan` fingerprints and estimates with them, `generate` loads and
+runs with them, so this module imports nothing heavy: pipeline classes are named by string and
+resolved with ``getattr(diffusers, name)`` by generate's loader.
 
 Families:
 
@@ -26,6 +27,8 @@ import re
 from pathlib import Path
 
 from diffspec.errors import GenerationError
+from diffspec.tables.schedulers import SCHEDULER_TABLE
+from diffspec.tables.sources import is_builtin, looks_like_path
 
 FAMILIES: tuple[str, ...] = ("sd", "sdxl", "sd3", "flux", "kandinsky", "builtin")
 MODES: tuple[str, ...] = ("txt2img", "img2img", "inpaint", "controlnet")
@@ -150,14 +153,9 @@ def family_from_folder(folder: str | Path) -> str:
     return family
 
 
-def looks_like_path(source: str) -> bool:
-    """True when ``source`` is meant as a local path rather than a hub id."""
-    if source.startswith(("/", "./", "../", "~", ".\\")) or "\\" in source:
-        return True
-    if Path(source).expanduser().exists():
-        return True
-    # hub ids are "name" or "org/name"; more slashes mean a path
-    return source.count("/") > 1
+def resolve_family(source: str, family: str) -> str:
+    """The family a model entry names, or the guess from its source when it says ``auto``."""
+    return family if family != "auto" else guess_family(source)
 
 
 def guess_family(source: str) -> str:
@@ -167,7 +165,7 @@ def guess_family(source: str) -> str:
     ``_class_name``; a hub id → by name: sd3 / stable-diffusion-3 → sd3, flux → flux,
     kandinsky → kandinsky, sdxl / xl → sdxl, anything else → sd.
     """
-    if source.startswith("builtin:"):
+    if is_builtin(source):
         return "builtin"
     if looks_like_path(source):
         return family_from_folder(source)
@@ -227,11 +225,22 @@ def supports_negative_prompt(family: str) -> bool:
     return family not in NO_NEGATIVE_FAMILIES
 
 
+def guidance_applies(family: str, guidance: float, distilled: bool = False) -> bool:
+    """Whether classifier-free guidance runs: a second, negative-prompt pass of the denoiser.
+
+    It needs a guidance scale above 1 (at 1 the guided and unguided predictions coincide) and a
+    family that takes a negative prompt (FLUX is guidance-distilled: its guidance is an input of
+    one pass). ``distilled`` is what only a loaded checkpoint can tell, e.g. an LCM UNet with a
+    guidance embedding (``time_cond_proj_dim``); the planner cannot see it and passes False.
+    The compiler drops the negative prompt from the fingerprint when this is False, the
+    estimator counts one pass instead of two, and the backend encodes no negative.
+    """
+    return guidance > 1.0 and supports_negative_prompt(family) and not distilled
+
+
 def compatible_scheduler_names(family: str) -> tuple[str, ...]:
     """Our scheduler names usable with a family's checkpoints (a static first check; the
     loader checks again against the checkpoint's real scheduler config)."""
-    from diffspec.generate.schedulers import SCHEDULER_TABLE
-
     flow = is_flow_matching(family)
     return tuple(
         name
@@ -242,8 +251,6 @@ def compatible_scheduler_names(family: str) -> tuple[str, ...]:
 
 def check_scheduler_name(family: str, name: str) -> None:
     """GenerationError when scheduler ``name`` cannot drive models of ``family``."""
-    from diffspec.generate.schedulers import SCHEDULER_TABLE
-
     if name not in SCHEDULER_TABLE:
         raise GenerationError(f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULER_TABLE)}")
     allowed = compatible_scheduler_names(family)
