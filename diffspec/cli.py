@@ -316,7 +316,7 @@ def quickstart(
     render_table(the_plan, out)
     result = _run(lambda: project.apply(the_plan, progress=not quiet, console=err))
     render_summary(result, out)
-    report_path = _run(project.report)
+    report_path = result.stages.get("report") or _run(project.report)
     summaries = summarize(loaded, project.catalog)
     share = overall_recognised(summaries)
     if share is not None:

@@ -116,8 +116,11 @@ class Project:
         if stages and not result.interrupted:
             from diffspec.stages.runner import run_stages
 
-            outcome = run_stages(self.loaded, self.catalog, result.run_id)
-            result = dataclasses.replace(result, stages=outcome.to_dict())
+            outcome = run_stages(self.loaded, self.catalog, result.run_id).to_dict()
+            review = self.loaded.spec.stages.review
+            if review is not None and review.report:  # `review: {report: true}` means: after each apply
+                outcome["report"] = str(self.report())
+            result = dataclasses.replace(result, stages=outcome)
         return result
 
     def run_stages(self) -> StagesResult:

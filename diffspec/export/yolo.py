@@ -3,8 +3,8 @@
 
 Labels come from the ``segment`` stage table (``catalog/stages/segment/``), never invented: with no
 segment output the export stops with an error instead of writing empty label files, which would
-teach a detector that the images hold no objects. This version of diffspec validates
-``stages.segment`` but does not run it yet, so today that error is what a YOLO export gives.
+teach a detector that the images hold no objects. The segment stage that writes this table
+arrives in diffspec 0.2; until then a YOLO export of generated images gives that error.
 
 What this export reads from the ``segment`` table (the contract for the segment stage):
 
@@ -36,15 +36,10 @@ SPLIT = "train"
 
 
 def _no_labels_error(loaded: LoadedSpec) -> ExportError:
-    if loaded.spec.stages.segment is None:
-        return ExportError(
-            f"YOLO export needs object labels and {loaded.path} has no `stages.segment`, so none exist; "
-            "add a segment stage, or export with --format imagefolder, hf or csv"
-        )
     return ExportError(
-        f"YOLO export needs object labels, and the segment stage of {loaded.path} has no output in the catalog yet "
-        "(this version of diffspec validates `stages.segment` but does not run it); no empty label files were "
-        "written. Export with --format imagefolder, hf or csv for now"
+        f"YOLO export needs object labels, and the catalog of {loaded.path} holds none (no `segment` stage "
+        "table: the segment stage that makes them arrives in diffspec 0.2); no empty label files were written. "
+        "Export with --format imagefolder, hf or csv for now"
     )
 
 

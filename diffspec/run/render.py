@@ -118,3 +118,17 @@ def render_summary(result: Any, console: Any) -> None:
                       f"`diffspec apply {r.spec_path}` (what is recorded is kept).", highlight=False, markup=False)
     elif r.made == 0 and r.planned == r.skipped:
         console.print("nothing to do: every planned image is already in the catalog.", highlight=False)
+    render_stages(r.stages, console)
+
+
+def render_stages(stages: dict[str, Any], console: Any) -> None:
+    """What the stages after generation did: every filter's counts, every note, the report."""
+    for f in stages.get("filters", []):
+        if f.get("skipped"):
+            continue
+        console.print(f"filter {f['filter']}: checked {f['checked']}, rejected {f['rejected']}", highlight=False,
+                      markup=False)
+    for note in stages.get("notes", []):
+        console.print(f"note: {note}", highlight=False, markup=False)
+    if stages.get("report"):
+        console.print(f"report: {stages['report']}", highlight=False, markup=False)

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from diffspec.errors import GenerationError, Problem
+from diffspec.spec.availability import check_available
 from diffspec.spec.errors_map import _message
 from diffspec.spec.model import PARAM_NAMES, ClassSpec, Defaults, GenParams, Spec
 from diffspec.spec.resolved import ResolvedClass, ResolvedParams
@@ -150,6 +151,7 @@ def resolve(spec: Spec, root: Path, positions: Positions, problems: list[Problem
     references to them are not reported again as unknown."""
     hashes: dict[str, str] = {}
     check_models(spec, root, positions, problems)
+    check_available(spec, positions, problems)
     global_vars: dict[str, tuple[str, ...]] = {}
     for var, values in spec.vars.items():
         global_vars[var] = values_of(values, root, positions.at(("vars", var)), problems)

@@ -195,3 +195,12 @@ def test_status_reports_the_last_runs_made_kept_and_time_per_image(tmp_path: Pat
     assert row.done == 5 and row.seconds_per_image is not None and row.seconds_per_image > 0
     text = CliRunner().invoke(app, ["status", str(spec)]).output
     assert "made 2, kept 3 already there" in text and "s/image" in text
+
+
+def test_apply_says_what_the_stages_did_and_writes_the_report_the_spec_asks_for(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, 'a: {target: 3, prompt: "a photo of a cat"}')
+    spec.write_text(spec.read_text() + "stages:\n  filters:\n    - sharpness: {min: 0.0}\n  review: {report: true}\n")
+    result = CliRunner().invoke(app, ["apply", str(spec), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "filter sharpness: checked 3, rejected 0" in result.output
+    assert "report: " in result.output and (tmp_path / "out" / "report.html").is_file()

@@ -264,23 +264,12 @@ def test_csv_lists_absolute_paths_with_provenance(project: Project, rows: dict[s
 
 
 # ---- yolo ---------------------------------------------------------------------------------
-SEGMENT = """\
-stages:
-  segment: {detector: IDEA-Research/grounding-dino-base, segmenter: facebook/sam-vit-base}
-"""
+SEGMENT = ""  # the labels' contract is the segment table; the stage that writes it arrives in 0.2
 
 
-def test_yolo_without_a_segment_stage_says_so_and_writes_nothing(project: Project, rows: dict[str, Any], tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match="no `stages.segment`"):
-        project.export("yolo", tmp_path / "yolo")
-    assert not (tmp_path / "yolo").exists()
-
-
-def test_yolo_before_the_segment_stage_ran_writes_no_empty_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    project = Project(write_spec(tmp_path, SEGMENT))
-    record_images(project)
-    with pytest.raises(ExportError, match="segment stage .* has no output in the catalog yet"):
+def test_yolo_before_any_segment_output_says_so_and_writes_no_empty_labels(project: Project, rows: dict[str, Any],
+                                                                           tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="holds none .* no empty label files were written"):
         project.export("yolo", tmp_path / "yolo")
     assert not (tmp_path / "yolo").exists()
 
@@ -342,4 +331,4 @@ def test_cli_errors_are_one_line_without_traceback(project: Project, rows: dict[
     assert result.exit_code == 1
     assert "unknown export format 'coco'" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["export", "spec.yaml", "exported", "--format", "yolo"])
-    assert result.exit_code == 1 and "stages.segment" in result.output
+    assert result.exit_code == 1 and "holds none" in result.output and "Traceback" not in result.output

@@ -216,3 +216,22 @@ def test_a_spec_that_cannot_be_set_aside_safely_reports_the_schema_problems_only
         """)
     problems = _problems(spec)
     assert len(problems) == 1 and "`model` must be a string" in problems[0], problems
+
+
+@pytest.mark.parametrize(("stages", "key", "line"), [
+    ("stages:\n  captions: {model: google/gemma-3-1b-it}\n", "stages.captions", 2),
+    ("stages:\n  segment: {detector: IDEA-Research/grounding-dino-base, segmenter: facebook/sam-vit-base}\n",
+     "stages.segment", 2),
+    ("stages:\n  filters:\n    - near_duplicate: {max_hamming: 4}\n    - clip_score: {min: 0.2}\n", "clip_score", 4),
+])
+def test_a_stage_this_version_cannot_run_is_refused_with_its_position(tmp_path: Path, stages: str, key: str,
+                                                                      line: int) -> None:
+    spec = tmp_path / "spec.yaml"
+    body = ("version: 1\ndataset: d\noutput: out\nmodels:\n  m: {source: builtin:digits}\n"
+            "defaults: {model: m, size: [16, 16], steps: 4}\nclasses:\n  one: {target: 2, prompt: \"a 1\"}\n")
+    spec.write_text(body + stages)
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    (problem,) = info.value.problems
+    assert f"`{key}`" in problem.message and "arrives in 0.2" in problem.message
+    assert problem.position is not None and problem.position.line == body.count("\n") + line
