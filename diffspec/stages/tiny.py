@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: Grounding DINO's processor resizes the shortest edge to this (the real one: 800).
-TINY_DINO_IMAGE_SIZE = 64
+TINY_DINO_IMAGE_SIZE = 96  # the 4th feature level (stride 64) is then >= 2 pixels, as GroupNorm needs
 #: SAM's processor resizes the longest edge to this and pads to a square (the real one: 1024).
 TINY_SAM_IMAGE_SIZE = 64
 
