@@ -29,8 +29,9 @@ import hashlib
 import math
 import re
 import string
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,16 +47,16 @@ __all__ = [
     "CAPTION_KIND",
     "DEFAULT_CAPTION_MODEL",
     "DEFAULT_INSTRUCTION",
-    "CaptionParams",
-    "CaptionRequest",
     "Caption",
     "CaptionGenerator",
+    "CaptionParams",
+    "CaptionRequest",
+    "caption_fingerprint",
     "caption_requests",
     "caption_seed",
-    "caption_fingerprint",
-    "text_fingerprint",
-    "render_instruction",
     "clean_caption",
+    "render_instruction",
+    "text_fingerprint",
 ]
 
 CAPTION_KIND = "captions"

@@ -8,9 +8,10 @@ to do (the same messages as the diffusion loader, :mod:`diffspec.generate.loadin
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from diffspec.errors import GenerationError
 from diffspec.generate.families import looks_like_path
@@ -78,7 +79,9 @@ def load(what: str, ref: HFModelRef, loader: Callable[..., Any], weights: bool =
 
     ``weights`` adds ``use_safetensors`` (models only; tokenizers and processors have no weights).
     """
-    from diffspec.generate.loading import _load_error  # one wording for every model load error
+    from diffspec.generate.loading import (
+        _load_error,  # one wording for every model load error
+    )
 
     if ref.is_local and not Path(ref.source).expanduser().is_dir():
         raise GenerationError(

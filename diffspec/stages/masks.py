@@ -36,30 +36,30 @@ same pixels.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from diffspec.errors import StageError
 
 __all__ = [
-    "MaskFilter",
-    "FilterOutcome",
     "DROP_REASONS",
+    "FilterOutcome",
+    "MaskFilter",
+    "Rle",
     "filter_masks",
     "mask_iou",
-    "pairwise_intersections",
-    "Rle",
-    "rle_encode",
-    "rle_decode",
-    "rle_area",
-    "rle_to_string",
-    "rle_from_string",
     "mask_to_polygons",
-    "polygons_to_mask",
-    "yolo_segment_line",
+    "pairwise_intersections",
     "parse_yolo_segment_line",
+    "polygons_to_mask",
+    "rle_area",
+    "rle_decode",
+    "rle_encode",
+    "rle_from_string",
+    "rle_to_string",
+    "yolo_segment_line",
 ]
 
 DROP_REASONS = ("empty", "too_small", "too_large", "duplicate", "merged", "nested")

@@ -29,8 +29,9 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,19 +41,19 @@ from diffspec.stages.hfload import IMAGE_BACKEND, HFModelRef, load
 from diffspec.stages.masks import FilterOutcome, MaskFilter, filter_masks
 
 __all__ = [
-    "DETECT_KIND",
-    "SEGMENT_KIND",
     "DEFAULT_DETECTOR",
     "DEFAULT_SEGMENTER",
+    "DETECT_KIND",
+    "SEGMENT_KIND",
     "DetectParams",
     "Detection",
+    "Detector",
     "ImageMasks",
     "SegmentResult",
-    "Detector",
     "Segmenter",
     "TextSegmenter",
-    "detector_prompt",
     "detection_fingerprint",
+    "detector_prompt",
     "segment_fingerprint",
 ]
 
@@ -346,11 +347,14 @@ class TextSegmenter:
         self,
         images: Sequence[Any],
         prompts: Sequence[str],
-        detect: DetectParams = DetectParams(),
-        mask_filter: MaskFilter = MaskFilter(),
+        detect: DetectParams | None = None,
+        mask_filter: MaskFilter | None = None,
         batch_size: int = 4,
     ) -> list[SegmentResult]:
-        """One :class:`SegmentResult` per image, in order; ``batch_size`` images per model call."""
+        """One :class:`SegmentResult` per image, in order; ``batch_size`` images per model call
+        (default parameters: Lang-SAM's thresholds and :class:`MaskFilter`'s defaults)."""
+        detect = detect or DetectParams()
+        mask_filter = mask_filter or MaskFilter()
         if batch_size < 1:
             raise StageError(f"segment: batch size must be >= 1, got {batch_size}")
         if len(images) != len(prompts):

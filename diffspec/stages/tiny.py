@@ -12,10 +12,10 @@ then loads through the same ``from_pretrained`` path a real checkpoint takes:
   offline), 2 encoder and 2 decoder layers, saved with its ``GroundingDinoProcessor``;
 - :func:`build_tiny_sam`: ``SamModel`` with a 2-layer ViT at 64 px, saved with its ``SamProcessor``.
 
-The image processors are saved as the PIL-backend classes (``...ImageProcessorPil``): transformers
-5 picks the torchvision backend when torchvision is installed, and torchvision is not a
-dependency of diffspec (the stages load with ``backend="pil"`` too, so outputs do not depend on
-whether torchvision happens to be installed).
+The image processors are built as the PIL-backend classes (``...ImageProcessorPil``) and saved
+under their base names, as real checkpoints are; transformers 5 picks the torchvision backend
+when torchvision is installed, so the stages load with ``backend="pil"`` (torchvision is not a
+dependency of diffspec, and the two backends do not give identical pixels).
 
 Build time: about a second each on a CPU; tests cache the folders per session.
 """
@@ -27,13 +27,15 @@ from pathlib import Path
 
 import torch
 
+from diffspec.stages.hfload import quiet_loading
+
 __all__ = [
-    "build_tiny_lm",
-    "build_tiny_grounding_dino",
-    "build_tiny_sam",
+    "GEMMA_CHAT_TEMPLATE",
     "TINY_DINO_IMAGE_SIZE",
     "TINY_SAM_IMAGE_SIZE",
-    "GEMMA_CHAT_TEMPLATE",
+    "build_tiny_grounding_dino",
+    "build_tiny_lm",
+    "build_tiny_sam",
 ]
 
 #: Grounding DINO's processor resizes the shortest edge to this (the real one: 800).
@@ -71,21 +73,6 @@ def _write_marker(folder: Path, kind: str, seed: int) -> None:
     (folder / "diffspec_tiny.json").write_text(
         json.dumps({"kind": kind, "seed": seed}, sort_keys=True) + "\n", encoding="utf-8"
     )
-
-
-def _quiet():
-    from transformers.utils import logging as tlogging
-
-    class _Quiet:
-        def __enter__(self):
-            self.was = tlogging.is_progress_bar_enabled()
-            tlogging.disable_progress_bar()
-
-        def __exit__(self, *exc):
-            if self.was:
-                tlogging.enable_progress_bar()
-
-    return _Quiet()
 
 
 # --------------------------------------------------------------------------- causal LM
@@ -149,7 +136,7 @@ def build_tiny_lm(folder: str | Path, seed: int = 0, chat_template: bool = True)
         tie_word_embeddings=False,
     )
     _seed(seed, 1)
-    with _quiet():
+    with quiet_loading():
         model = Gemma3ForCausalLM(config).eval()
         # At init std 0.02 the logits are near-uniform (and tied embeddings make a random model
         # repeat its last token forever); an untied output layer at a larger scale gives peaked
@@ -236,7 +223,7 @@ def build_tiny_grounding_dino(folder: str | Path, seed: int = 0) -> Path:
     )
     processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
     _seed(seed, 2)
-    with _quiet():
+    with quiet_loading():
         model = GroundingDinoForObjectDetection(config).eval()
         model.save_pretrained(folder, safe_serialization=True)
         processor.save_pretrained(folder)
@@ -292,7 +279,7 @@ def build_tiny_sam(folder: str | Path, seed: int = 0) -> Path:
     )
     processor = SamProcessor(image_processor=image_processor)
     _seed(seed, 3)
-    with _quiet():
+    with quiet_loading():
         model = SamModel(config).eval()
         model.save_pretrained(folder, safe_serialization=True)
         processor.save_pretrained(folder)
