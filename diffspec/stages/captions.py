@@ -111,11 +111,20 @@ class CaptionParams:
 
 @dataclass(frozen=True, slots=True)
 class CaptionRequest:
-    """One caption to make: variation ``variation`` of ``source_text``, sampled with ``seed``."""
+    """One caption to make: variation ``variation`` of ``source_text``, sampled with ``seed``.
+
+    ``input_fingerprint`` is what the caption's fingerprint hashes as its input: by default
+    :func:`text_fingerprint` of the source text; a planner whose texts come from an upstream
+    unit (a CSV row, another stage) passes that unit's fingerprint instead.
+    """
 
     source_text: str
     variation: int
     seed: int
+    input_fingerprint: str = ""
+
+    def input_fp(self) -> str:
+        return self.input_fingerprint or text_fingerprint(self.source_text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +193,9 @@ def caption_requests(texts: Iterable[str], variations: int, params: CaptionParam
             raise StageError("captions: a source text is empty")
         seen.setdefault(norm, None)
     return [
-        CaptionRequest(text, v, caption_seed(params.base_seed, text, v)) for text in seen for v in range(variations)
+        CaptionRequest(text, v, caption_seed(params.base_seed, text, v), text_fingerprint(text))
+        for text in seen
+        for v in range(variations)
     ]
 
 
@@ -333,9 +344,7 @@ class CaptionGenerator:
                         text=clean_caption(raw),
                         raw_text=raw,
                         seed=request.seed,
-                        fingerprint=caption_fingerprint(
-                            self.ref, params, request.seed, text_fingerprint(request.source_text)
-                        ),
+                        fingerprint=caption_fingerprint(self.ref, params, request.seed, request.input_fp()),
                         model=self.ref,
                         params=params,
                         chat_template=self.has_chat_template,

@@ -55,6 +55,10 @@ def test_records_carry_identity_seed_model_and_parameters(generator: CaptionGene
         assert 0 < c.new_tokens <= PARAMS.max_new_tokens
         assert c.raw_text and "<end_of_turn>" not in c.raw_text
         assert "\n" not in c.text
+    upstream = dataclasses.replace(requests[0], input_fingerprint="csv-row-fp")
+    (from_row,) = generator.generate([upstream], PARAMS)
+    assert from_row.fingerprint == caption_fingerprint(from_row.model, PARAMS, upstream.seed, "csv-row-fp")
+    assert from_row.raw_text == captions[0].raw_text  # the fingerprint changes, the text does not
     with pytest.raises(dataclasses.FrozenInstanceError):
         captions[0].text = "x"  # type: ignore[misc]
 

@@ -103,3 +103,12 @@ def test_model_ref_needs_a_source() -> None:
         HFModelRef(" ")
     assert HFModelRef("./local/folder", revision="abc").kwargs() == {"trust_remote_code": False}
     assert HFModelRef("org/name", revision="abc").kwargs() == {"trust_remote_code": False, "revision": "abc"}
+
+
+def test_a_request_hashes_its_text_unless_given_an_upstream_fingerprint() -> None:
+    from diffspec.stages.captions import CaptionRequest
+
+    (request,) = caption_requests(["Almond  Horchata"], 1, CaptionParams())
+    assert request.input_fp() == text_fingerprint("Almond Horchata")
+    assert CaptionRequest("Almond Horchata", 0, 1).input_fp() == text_fingerprint("Almond Horchata")
+    assert CaptionRequest("Almond Horchata", 0, 1, input_fingerprint="csv-row-fp").input_fp() == "csv-row-fp"
