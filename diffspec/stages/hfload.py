@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from diffspec.errors import GenerationError
-from diffspec.generate.families import looks_like_path
+from diffspec.tables.sources import looks_like_path
 
 #: transformers picks the torchvision image processors when torchvision is installed and the PIL
 #: ones otherwise; they do not give identical pixels. The stages always ask for PIL, so a mask
