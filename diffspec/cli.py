@@ -85,7 +85,10 @@ def main_options(
 
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="Apply a named profile of the spec.")]
 ExecutorOpt = Annotated[Optional[str], typer.Option(
-    "--executor", help="auto (default: inprocess for one worker, processes for more), inprocess or processes.")]
+    "--executor", help="auto (default: inprocess for one worker, processes for more), inprocess, processes or ray.")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", help="The Ray cluster for --executor ray (e.g. ray://head:10001 or head:6379); "
+                          "default: a local Ray started and stopped with the run.")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="CPU worker processes; default from the budget.")]
 
 
@@ -132,12 +135,13 @@ def plan(
     detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode", help="Exit 0: no changes, 2: changes, 1: error.")] = False,
     executor: ExecutorOpt = None,
     workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Show what apply would create, keep and remove, with time and memory estimates. Needs no GPU."""
     from diffspec.plan.render import render_json, render_markdown, render_table
     from diffspec.project import Project
 
-    the_plan = _run(lambda: Project(spec, profile=profile).plan(executor=executor, workers=workers))
+    the_plan = _run(lambda: Project(spec, profile=profile).plan(executor=executor, workers=workers, ray_address=ray_address))
     if out_file is not None:
         from diffspec.plan.planfile import save_plan
 
@@ -161,6 +165,7 @@ def apply(
     prune: Annotated[bool, typer.Option("--prune", help="Also delete images the plan removes.")] = False,
     executor: ExecutorOpt = None,
     workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
 ) -> None:
@@ -175,8 +180,8 @@ def apply(
             project = Project(the_plan.spec_path, profile=the_plan.profile)
         else:
             project = Project(target, profile=profile)
-            the_plan = project.plan(executor=executor, workers=workers)
-        return project.apply(the_plan, executor=executor, workers=workers, prune=prune,
+            the_plan = project.plan(executor=executor, workers=workers, ray_address=ray_address)
+        return project.apply(the_plan, executor=executor, workers=workers, ray_address=ray_address, prune=prune,
                              progress=not quiet and not as_json, console=err)
 
     result = _run(go)

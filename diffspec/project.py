@@ -94,21 +94,24 @@ class Project:
     def validate(self) -> LoadedSpec:
         return self.loaded
 
-    def plan(self, *, executor: str | None = None, workers: int | None = None) -> Plan:
-        """What apply would do and how: ``executor`` and ``workers`` override the spec's budget."""
-        return build_plan(self.loaded, self.catalog, executor=executor, workers=workers)
+    def plan(self, *, executor: str | None = None, workers: int | None = None, ray_address: str | None = None) -> Plan:
+        """What apply would do and how: ``executor`` and ``workers`` override the spec's budget;
+        ``ray_address`` is the Ray cluster to run on (implies ``executor="ray"``; without it
+        the ray executor starts a local Ray for the run)."""
+        return build_plan(self.loaded, self.catalog, executor=executor, workers=workers, ray_address=ray_address)
 
     def apply(self, plan: Plan | None = None, *, executor: str | None = None, workers: int | None = None,
               prune: bool = False, progress: bool = True, console: Any = None, max_units: int | None = None,
-              backend_factory: Any = None, stages: bool = True, machine: Machine | None = None) -> ApplyResult:
+              backend_factory: Any = None, stages: bool = True, machine: Machine | None = None,
+              ray_address: str | None = None) -> ApplyResult:
         """Run ``plan`` (default: a fresh plan of the spec, with ``executor`` / ``workers``), then
         the spec's stages. See `diffspec.run.apply.apply_plan`: the plan alone says what runs."""
         from diffspec.run.apply import apply_plan
 
         if plan is None:
-            plan = self.plan(executor=executor, workers=workers)
+            plan = self.plan(executor=executor, workers=workers, ray_address=ray_address)
         else:
-            _check_overrides(plan, executor, workers)
+            _check_overrides(plan, executor, workers, ray_address)
         if Path(plan.spec_path).resolve() != self.spec_path.resolve():
             raise PlanError(f"the plan is for {plan.spec_path}, not {self.spec_path}")
         result = apply_plan(plan, prune=prune, progress=progress, console=console, max_units=max_units,
@@ -157,9 +160,15 @@ class Project:
         return export(self.loaded, self.catalog, fmt, Path(dest), link=link, include_rejected=include_rejected)
 
 
-def _check_overrides(plan: Plan, executor: str | None, workers: int | None) -> None:
-    """A given plan runs as planned: an executor or worker count that differs is an error."""
+def _check_overrides(plan: Plan, executor: str | None, workers: int | None, ray_address: str | None = None) -> None:
+    """A given plan runs as planned: an executor, worker count or Ray address that differs is an error."""
     ex = plan.execution
+    if ray_address:
+        planned = ex.ray.address if ex.ray is not None else None
+        if planned != ray_address:
+            raise PlanError(f"the plan runs on {ex.ray.describe() if ex.ray else 'the ' + ex.executor + ' executor'}, "
+                            f"not on the Ray cluster at {ray_address}: make the plan with "
+                            f"`diffspec plan --executor ray --ray-address {ray_address}` (or apply the spec itself)")
     if executor not in (None, "", "auto") and executor != ex.executor:
         raise PlanError(f"the plan runs on the {ex.executor} executor, not {executor}: make the plan with "
                         f"`diffspec plan --executor {executor}` (or apply the spec itself)")

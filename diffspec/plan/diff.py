@@ -123,10 +123,11 @@ def _history(catalog: Catalog, has_rows: bool) -> dict[tuple[str, int, int, int]
 
 def build_plan(loaded: LoadedSpec, catalog: Catalog | None = None, *, executor: str | None = None,
                workers: int | None = None, execution: ExecutionPlan | None = None,
-               machine: machine_probe.Machine | None = None) -> Plan:
+               machine: machine_probe.Machine | None = None, ray_address: str | None = None) -> Plan:
     """Compile, diff against the catalog, and decide how to run: the frozen plan `apply` executes.
 
     ``executor`` and ``workers`` override the spec's budget (``--executor``, ``--workers``);
+    ``ray_address`` is the Ray cluster of ``executor="ray"`` (None: a local Ray for the run);
     ``execution`` reuses decisions already made (a saved plan file) instead of deciding again
     on this machine; ``machine`` is the machine to plan for (default: this one, probed)."""
     # A plan holds millions of strings in a few containers and makes no cycles: the cyclic
@@ -134,14 +135,15 @@ def build_plan(loaded: LoadedSpec, catalog: Catalog | None = None, *, executor: 
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _build_plan(loaded, catalog, executor, workers, execution, machine)
+        return _build_plan(loaded, catalog, executor, workers, execution, machine, ray_address)
     finally:
         if enabled:
             gc.enable()
 
 
 def _build_plan(loaded: LoadedSpec, catalog: Catalog | None, executor: str | None, workers: int | None,
-                execution: ExecutionPlan | None, machine: machine_probe.Machine | None) -> Plan:
+                execution: ExecutionPlan | None, machine: machine_probe.Machine | None,
+                ray_address: str | None = None) -> Plan:
     import pyarrow as pa
 
     catalog = catalog or Catalog(loaded.output)
@@ -193,7 +195,8 @@ def _build_plan(loaded: LoadedSpec, catalog: Catalog | None, executor: str | Non
     if execution is None:
         keys = [v.key for n in names for v in compiled[n].variants]
         execution = plan_execution(BudgetInputs.from_budget(loaded.spec.budget), keys,
-                                   machine or machine_probe.probe_machine(), executor=executor, workers=workers)
+                                   machine or machine_probe.probe_machine(), executor=executor, workers=workers,
+                                   ray_address=ray_address)
     history: dict[tuple[str, int, int, int], float] | None = None  # read only if something is to be made
     classes: list[ClassPlan] = []
     create_index: dict[str, np.ndarray] = {}

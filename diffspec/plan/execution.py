@@ -13,6 +13,7 @@ still happens in `apply` and is recorded in the run's log.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,9 +24,11 @@ from diffspec.plan.estimate import MemoryPlan, memory_plan
 from diffspec.plan.unit import PipelineKey
 
 #: Executors that can run a plan. "inprocess" runs one worker in the calling process;
-#: "processes" starts one worker process per device.
-EXECUTORS = ("inprocess", "processes")
-FUTURE_EXECUTORS = {"ray": "the ray executor is not part of this version yet; use --executor processes"}
+#: "processes" starts one worker process per device; "ray" one Ray actor per GPU (or GPU
+#: share) or per CPU worker, on a Ray cluster or a local Ray started for the run.
+EXECUTORS = ("inprocess", "processes", "ray")
+FUTURE_EXECUTORS: dict[str, str] = {}
+RAY_EXTRA = "pip install 'diffspec[ray]'"
 
 
 def group_id(key: PipelineKey) -> str:
@@ -44,22 +47,60 @@ class BudgetInputs:
     max_batch: int
     strategy: str
     workers: int | None
+    gpus_per_actor: float | None = None  # the Ray executor's GPU share per actor (None: a whole GPU)
+    shared_storage: bool = False  # every Ray node mounts the output root: actors write the files
 
     @classmethod
     def from_budget(cls, budget: Any) -> BudgetInputs:
         devices = budget.devices if isinstance(budget.devices, str) else tuple(int(d) for d in budget.devices)
-        return cls(devices, budget.vram_gb, budget.ram_gb, int(budget.max_batch), str(budget.strategy), budget.workers)
+        share = getattr(budget, "gpus_per_actor", None)
+        return cls(devices, budget.vram_gb, budget.ram_gb, int(budget.max_batch), str(budget.strategy), budget.workers,
+                   float(share) if share is not None else None, bool(getattr(budget, "shared_storage", False)))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"devices": self.devices if isinstance(self.devices, str) else list(self.devices),
-                "vram_gb": self.vram_gb, "ram_gb": self.ram_gb, "max_batch": self.max_batch,
-                "strategy": self.strategy, "workers": self.workers}
+        out: dict[str, Any] = {"devices": self.devices if isinstance(self.devices, str) else list(self.devices),
+                               "vram_gb": self.vram_gb, "ram_gb": self.ram_gb, "max_batch": self.max_batch,
+                               "strategy": self.strategy, "workers": self.workers}
+        # Written only when set: plans (and plan files) that do not use Ray stay as they were.
+        if self.gpus_per_actor is not None:
+            out["gpus_per_actor"] = self.gpus_per_actor
+        if self.shared_storage:
+            out["shared_storage"] = True
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BudgetInputs:
         devices = data["devices"]
+        share = data.get("gpus_per_actor")
         return cls(devices if isinstance(devices, str) else tuple(int(d) for d in devices), data.get("vram_gb"),
-                   data.get("ram_gb"), int(data["max_batch"]), str(data["strategy"]), data.get("workers"))
+                   data.get("ram_gb"), int(data["max_batch"]), str(data["strategy"]), data.get("workers"),
+                   float(share) if share is not None else None, bool(data.get("shared_storage", False)))
+
+
+@dataclass(frozen=True, slots=True)
+class RayPlan:
+    """How the Ray executor runs a plan: where, how many actors, what each one reserves."""
+
+    address: str | None  # a running cluster (``ray.init(address=...)``); None: a local Ray for the run
+    actors: int  # one per entry of ``ExecutionPlan.devices``
+    gpus_per_actor: float  # 0 on CPU plans
+    shared_storage: bool  # actors write the image files (True) or send PNG bytes to the driver (False)
+
+    def describe(self) -> str:
+        where = f"the Ray cluster at {self.address}" if self.address else "a local Ray started for the run"
+        share = f", {self.gpus_per_actor:g} GPU each" if self.gpus_per_actor else ""
+        writes = "actors write the files (shared storage)" if self.shared_storage else "the driver writes the files"
+        return f"{self.actors} Ray actor{'s' if self.actors != 1 else ''}{share} on {where}; {writes}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"address": self.address, "actors": self.actors, "gpus_per_actor": self.gpus_per_actor,
+                "shared_storage": self.shared_storage}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RayPlan:
+        address = data.get("address")
+        return cls(str(address) if address else None, int(data["actors"]), float(data["gpus_per_actor"]),
+                   bool(data["shared_storage"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +137,7 @@ class ExecutionPlan:
     planned_on: str  # the machine the plan was made on, described
     budget: BudgetInputs
     groups: Mapping[str, GroupDecision] = field(repr=False)
+    ray: RayPlan | None = None  # the Ray executor's decisions (only with executor "ray")
 
     @property
     def workers(self) -> int:
@@ -115,12 +157,16 @@ class ExecutionPlan:
 
     def describe(self) -> str:
         where = ", ".join(sorted(set(self.devices)))
+        if self.ray is not None:
+            per = "actor"
+            return (f"{self.executor}, {self.ray.describe()}; devices {where}, "
+                    f"{self.memory_gb:.1f} GB per {per} ({self.memory_from})")
         per = "GPU" if self.device_kind == "cuda" else "worker"
         return (f"{self.executor}, {self.workers} worker{'s' if self.workers != 1 else ''} on {where}, "
                 f"{self.memory_gb:.1f} GB per {per} ({self.memory_from})")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "executor": self.executor,
             "device_kind": self.device_kind,
             "devices": list(self.devices),
@@ -131,13 +177,20 @@ class ExecutionPlan:
             "budget": self.budget.to_dict(),
             "groups": [g.to_dict() for g in sorted(self.groups.values(), key=lambda g: (g.model, g.group))],
         }
+        if self.ray is not None:
+            out["ray"] = self.ray.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExecutionPlan:
         try:
             groups = {g["group"]: GroupDecision.from_dict(g) for g in data["groups"]}
+            ray = RayPlan.from_dict(data["ray"]) if data.get("ray") is not None else None
+            if str(data["executor"]) == "ray" and ray is None:
+                raise KeyError("ray")
             return cls(str(data["device_kind"]), tuple(data["devices"]), str(data["executor"]), float(data["memory_gb"]),
-                       str(data["memory_from"]), str(data["planned_on"]), BudgetInputs.from_dict(data["budget"]), groups)
+                       str(data["memory_from"]), str(data["planned_on"]), BudgetInputs.from_dict(data["budget"]), groups,
+                       ray)
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"the plan file's execution section is damaged ({type(exc).__name__}: {exc}); "
                             "run `diffspec plan --out` again") from None
@@ -182,30 +235,64 @@ def _devices(budget: BudgetInputs, machine: Machine, workers: int | None,
     return "cpu", ("cpu",) * count, total / count, source + (f", split over {count} workers" if count > 1 else "")
 
 
-def choose_executor(requested: str | None, workers: int) -> str:
+def ray_available() -> bool:
+    """Whether Ray can be imported here, without importing it (plan stays light)."""
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def choose_executor(requested: str | None, workers: int, ray_address: str | None = None) -> str:
+    if ray_address and requested in (None, "", "auto"):
+        requested = "ray"  # an address says where to run
+    if ray_address and requested != "ray":
+        raise PlanError(f"--ray-address is for the ray executor, and the plan asks for --executor {requested}; "
+                        "leave out one of the two")
     if requested in (None, "", "auto"):
         return "inprocess" if workers == 1 else "processes"
     if requested in FUTURE_EXECUTORS:
         raise PlanError(FUTURE_EXECUTORS[requested])
     if requested not in EXECUTORS:
         raise PlanError(f"unknown executor {requested!r}; expected one of: auto, {', '.join(EXECUTORS)}")
+    if requested == "ray" and not ray_available():
+        raise PlanError(f"--executor ray needs Ray, which is not installed here: {RAY_EXTRA}")
     if requested == "inprocess" and workers > 1:
         raise PlanError(f"the inprocess executor runs one worker and the plan has {workers} "
                         "(budget.workers or --workers, or one per GPU); use --executor processes or --workers 1")
     return requested
 
 
+def ray_actors(budget: BudgetInputs, kind: str, devices: tuple[str, ...], memory: float, source: str,
+               address: str | None) -> tuple[tuple[str, ...], float, str, RayPlan]:
+    """The Ray executor's actors: one per GPU, or ``1 / gpus_per_actor`` per GPU sharing its
+    memory; on the CPU one per planned worker. Returns (one device per actor, memory per actor,
+    where that figure came from, the Ray decisions)."""
+    share = 0.0
+    if kind == "cuda":
+        share = float(budget.gpus_per_actor or 1.0)
+        per_gpu = max(1, int(1.0 / share + 1e-9))
+        if per_gpu > 1:
+            devices = tuple(d for d in devices for _ in range(per_gpu))
+            memory, source = memory * share, source + f", {share:g} of it per actor (budget.gpus_per_actor)"
+    return devices, memory, source, RayPlan(address or None, len(devices), share, budget.shared_storage)
+
+
 def plan_execution(budget: BudgetInputs, keys: Iterable[PipelineKey], machine: Machine, *,
-                   executor: str | None = None, workers: int | None = None) -> ExecutionPlan:
+                   executor: str | None = None, workers: int | None = None,
+                   ray_address: str | None = None) -> ExecutionPlan:
     kind, devices, memory, source = _devices(budget, machine, workers)
+    chosen = choose_executor(executor, len(devices), ray_address)
+    ray: RayPlan | None = None
+    if chosen == "ray":
+        devices, memory, source, ray = ray_actors(budget, kind, devices, memory, source, ray_address)
     groups: dict[str, GroupDecision] = {}
     for key in keys:
         gid = group_id(key)
         if gid not in groups:
             decision = memory_plan(key, kind, memory, budget.max_batch, budget.strategy)
             groups[gid] = GroupDecision(gid, key.model.name, key.model.source, decision)
-    return ExecutionPlan(kind, devices, choose_executor(executor, len(devices)), memory, source,
-                         machine.describe(), budget, groups)
+    return ExecutionPlan(kind, devices, chosen, memory, source, machine.describe(), budget, groups, ray)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,12 +316,13 @@ def check_machine(execution: ExecutionPlan, machine: Machine) -> list[Mismatch]:
                 return [Mismatch("missing_gpu", f"the plan uses GPU {', '.join(map(str, missing))} (budget.devices) and "
                                                 f"this machine has {len(machine.gpus)} GPU{'s' if len(machine.gpus) != 1 else ''}")]
         have = machine.gpu_memory_gb(indices) or 0.0
+        per_gpu = execution.memory_gb / (execution.ray.gpus_per_actor if execution.ray and execution.ray.gpus_per_actor else 1.0)
         if execution.memory_from.startswith("budget."):
-            if have + 1e-6 < execution.memory_gb:
-                return [Mismatch("memory", f"the plan assumes {execution.memory_gb:g} GB per GPU ({execution.memory_from}) "
+            if have + 1e-6 < per_gpu:
+                return [Mismatch("memory", f"the plan assumes {per_gpu:g} GB per GPU ({execution.memory_from}) "
                                            f"and the smallest GPU here has {have:.1f} GB")]
-        elif abs(have * GPU_USABLE_SHARE - execution.memory_gb) > 0.05 * execution.memory_gb:
-            return [Mismatch("memory", f"the plan was made for GPUs of {execution.memory_gb / GPU_USABLE_SHARE:.1f} GB "
+        elif abs(have * GPU_USABLE_SHARE - per_gpu) > 0.05 * per_gpu:
+            return [Mismatch("memory", f"the plan was made for GPUs of {per_gpu / GPU_USABLE_SHARE:.1f} GB "
                                        f"and the smallest GPU here has {have:.1f} GB")]
         return []
     out: list[Mismatch] = []
@@ -264,12 +352,20 @@ def replan(execution: ExecutionPlan, keys: Iterable[PipelineKey], machine: Machi
     changes in words, where the spec left the difference to the machine (``devices: auto`` for
     the device kind, no memory figure in the budget for the memory); a PlanError otherwise."""
     budget = execution.budget
+    if execution.ray is not None and execution.ray.address:
+        # The cluster runs the plan, not this machine: the executor checks the cluster's
+        # resources for the planned actors when it starts.
+        return Replanned(execution, ())
     mismatches = check_machine(execution, machine)
     if not mismatches:
         if execution.device_kind == "cuda" and budget.devices == "auto":
             found = tuple(f"cuda:{g.index}" for g in machine.gpus)
+            if execution.ray is not None:
+                share = execution.ray.gpus_per_actor or 1.0
+                found = tuple(d for d in found for _ in range(max(1, int(1.0 / share + 1e-9))))
             if found != execution.devices:  # one worker per GPU found; batch sizes do not change
-                moved = replace(execution, devices=found, executor=_executor_for(execution.executor, len(found)))
+                ray = replace(execution.ray, actors=len(found)) if execution.ray is not None else None
+                moved = replace(execution, devices=found, executor=_executor_for(execution.executor, len(found)), ray=ray)
                 return Replanned(moved, (f"workers: {', '.join(execution.devices)} -> {', '.join(found)} "
                                          "(devices: auto takes every GPU here)",))
         return Replanned(execution, ())
@@ -281,6 +377,9 @@ def replan(execution: ExecutionPlan, keys: Iterable[PipelineKey], machine: Machi
                         "the spec (`budget.devices: auto`, no memory figure in the budget)")
     kind, devices, memory, source = _devices(budget, machine, execution.workers if execution.device_kind == "cpu" else None,
                                              decide_here=True)
+    ray: RayPlan | None = None
+    if execution.ray is not None:
+        devices, memory, source, ray = ray_actors(budget, kind, devices, memory, source, execution.ray.address)
     changes = [f"devices: {execution.describe()}"]
     groups: dict[str, GroupDecision] = {}
     keys_by_group = {group_id(k): k for k in keys}
@@ -293,6 +392,6 @@ def replan(execution: ExecutionPlan, keys: Iterable[PipelineKey], machine: Machi
         if (new.strategy, new.batch_size) != (old.memory.strategy, old.memory.batch_size):
             changes.append(f"{old.model}: {old.memory.describe()} -> {new.describe()}")
     fresh = ExecutionPlan(kind, devices, _executor_for(execution.executor, len(devices)), memory, source,
-                          machine.describe(), budget, groups)
+                          machine.describe(), budget, groups, ray)
     changes[0] += f" -> {fresh.describe()}"
     return Replanned(fresh, tuple(changes))

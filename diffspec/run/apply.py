@@ -279,7 +279,7 @@ def _apply_locked(plan: Plan, units: list[WorkUnit], execution: ExecutionPlan, r
         executor=execution.executor, devices=list(execution.devices),
         groups={gid: {"strategy": g.memory.strategy, "batch_size": g.memory.batch_size} for gid, g in execution.groups.items()}))
 
-    context = RunContext(str(output), run_id, plan.dataset, labels, backend_factory)
+    context = RunContext(str(output), run_id, plan.dataset, labels, backend_factory, execution)
     runner = EXECUTORS.create(execution.executor, execution.devices, context, recorder)
 
     made = 0

@@ -94,6 +94,11 @@ def encode_png(image: Any, meta: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
+def encode_items(items: Sequence[tuple[WorkUnit, Any]], scheduler_configs: dict[Any, dict[str, Any]]) -> list[tuple[WorkUnit, bytes]]:
+    """(unit, PIL image) pairs as (unit, PNG bytes with the unit's provenance)."""
+    return [(unit, encode_png(image, png_metadata(unit, scheduler_configs.get(unit.key)))) for unit, image in items]
+
+
 @dataclass(frozen=True)
 class Written:
     unit: WorkUnit
@@ -126,13 +131,17 @@ class ImageWriter:
 
     def write_files(self, items: Sequence[tuple[WorkUnit, Any]], scheduler_configs: dict[Any, dict[str, Any]]) -> list[Written]:
         """Write (unit, PIL image) pairs; returns what was written, durable on return."""
+        return self.write_encoded(encode_items(items, scheduler_configs))
+
+    def write_encoded(self, items: Sequence[tuple[WorkUnit, bytes]]) -> list[Written]:
+        """Write (unit, PNG bytes) pairs made by :func:`encode_items` (here, or on a Ray actor
+        that sent them); returns what was written, durable on return."""
         self._count([u for u, _ in items])
         written: list[Written] = []
         files: list[tuple[Path, bytes]] = []
         folders: dict[str, Path] = {}
-        for unit, image in items:
+        for unit, data in items:
             target = self._target(unit.relpath, folders)
-            data = encode_png(image, png_metadata(unit, scheduler_configs.get(unit.key)))
             files.append((target, data))
             written.append(Written(unit, unit.relpath, hashlib.sha256(data).hexdigest(), len(data)))
         for folder in folders.values():

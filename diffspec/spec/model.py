@@ -264,6 +264,13 @@ class Budget(StrictModel):
         None, description="CPU worker processes (default 1); GPUs get one worker each."
     )
     strategy: Literal["auto", "none", "attention_slicing", "vae_tiling", "model_offload", "sequential_offload"] = "auto"
+    gpus_per_actor: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        None, description="Ray executor: the share of a GPU each actor takes (0.5: two actors per GPU); default 1."
+    )
+    shared_storage: bool = Field(
+        False, description="Ray executor: every node mounts the output root at the same path, so actors write "
+                           "the image files themselves (see docs/ray.md)."
+    )
 
 
 class CaptionsStage(StrictModel):

@@ -147,8 +147,10 @@ def test_executor_option_is_wired(tmp_path: Path) -> None:
     runner = CliRunner()
     bad = runner.invoke(app, ["plan", str(spec), "--executor", "inprocess", "--workers", "2"])
     assert bad.exit_code == 1 and "inprocess executor runs one worker" in bad.output
-    ray = runner.invoke(app, ["apply", str(spec), "--executor", "ray", "-q"])
-    assert ray.exit_code == 1 and "ray executor is not part of this version" in ray.output
+    ray = runner.invoke(app, ["plan", str(spec), "--executor", "ray", "--workers", "2", "--json"])
+    assert ray.exit_code == 0, ray.output  # run through Ray in tests/integration/test_ray_executor.py
+    assert json.loads(ray.stdout)["execution"]["ray"] == {"address": None, "actors": 2, "gpus_per_actor": 0.0,
+                                                          "shared_storage": False}
     unknown = runner.invoke(app, ["apply", str(spec), "--executor", "threads", "-q"])
     assert unknown.exit_code == 1 and "unknown executor 'threads'" in unknown.output
     planned = runner.invoke(app, ["plan", str(spec), "--executor", "processes", "--json"])

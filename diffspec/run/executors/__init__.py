@@ -1,7 +1,8 @@
 """Executors: where a plan's batches run, behind one interface (:class:`base.Executor`).
 
-``inprocess`` (one worker in this process) and ``processes`` (one worker process per device)
-ship here; another executor registers a factory in :data:`EXECUTORS` and `apply` runs it
+``inprocess`` (one worker in this process), ``processes`` (one worker process per device) and
+``ray`` (one Ray actor per GPU, GPU share or CPU worker; needs the ``ray`` extra) ship here;
+another executor registers a factory in :data:`EXECUTORS` and `apply` runs it
 unchanged.
 """
 
@@ -24,8 +25,15 @@ def _processes(devices: Sequence[str], context: RunContext, record: RecordFn) ->
     return ProcessExecutor(devices, context, record)
 
 
+def _ray(devices: Sequence[str], context: RunContext, record: RecordFn) -> Executor:
+    from diffspec.run.executors.ray import RayExecutor  # imports ray (or says which extra to install)
+
+    return RayExecutor(devices, context, record)
+
+
 EXECUTORS = Registry()
 EXECUTORS.register("inprocess", _inprocess)
 EXECUTORS.register("processes", _processes)
+EXECUTORS.register("ray", _ray)
 
 __all__ = ["EXECUTORS", "Executor", "Outcome", "RecordFn", "Registry", "RunContext"]

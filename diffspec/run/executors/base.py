@@ -37,6 +37,7 @@ class RunContext:
     dataset: str
     labels: Mapping[str, str]
     backend_factory: Any = None  # replaces diffspec.generate.backend.Backend (tests that inject faults)
+    execution: Any = None  # the run's ExecutionPlan: an executor's own plan-time decisions (e.g. `ray`)
 
 
 @dataclass(frozen=True)
