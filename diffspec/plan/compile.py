@@ -1,8 +1,9 @@
 """Compile a loaded spec into content-addressed work units (a pure function of the LoadedSpec).
 
-Per class: the prompt templates and vars (and sweeps) expand into *variants*; each unit
-index is assigned a variant by rendezvous hashing of its identity, gets a seed derived from
-(base seed, seed stream, index), and a fingerprint of its canonical text. Units are stored
+Per class: the prompt templates and vars (and sweeps) expand into *variants*; with input
+images, every (variant, input) pair is a *combination*. Units are dealt out in rounds, one unit
+of every combination per round (docs/assignment.md), each gets a seed derived from (base seed,
+seed stream, combination, round), and a fingerprint of its canonical text. Units are stored
 columnar (`ClassUnits`) because a spec may expand to millions of them; `WorkUnit` objects are
 made on demand.
 """
@@ -20,7 +21,7 @@ import numpy as np
 
 from diffspec.errors import PlanError
 from diffspec.plan.models import resolve_family, scheduler_entry
-from diffspec.plan.seeds import derive_seeds, key64, rendezvous, splitmix64
+from diffspec.plan.seeds import balanced_assignment, combination_seeds, key64, splitmix64
 from diffspec.plan.unit import (
     EmbeddingRef,
     LoraRef,
@@ -32,6 +33,7 @@ from diffspec.plan.unit import (
 from diffspec.spec.loader import PLACEHOLDER, LoadedSpec, ResolvedClass
 
 MAX_VARIANTS = 200_000
+MAX_COMBINATIONS = 10_000_000  # variants x input images: the assignment scores each one per round
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,15 @@ class Variant:
 
     @property
     def identity(self) -> str:
-        """What rendezvous hashing sees: the variant's content, not its position in a list."""
+        """The variant's content, not its position in a list: two equal ones are one variant."""
         return json.dumps([self.prompt, self.negative, self.key.canonical_group()], ensure_ascii=False)
+
+    @property
+    def stream_identity(self) -> str:
+        """What the assignment and the seeds see: the spec's words for the variant (its text and
+        sweep values), not the resolved pipeline, so a change of steps or of a LoRA file keeps
+        every unit's seed and combination and only re-renders it."""
+        return json.dumps([self.prompt, self.negative, [list(p) for p in self.sweep]], ensure_ascii=False, default=str)
 
 
 @dataclass(frozen=True, eq=False)
@@ -207,22 +216,24 @@ def compile_class(loaded: LoadedSpec, cls: ResolvedClass, models: dict[str, Mode
     variants = expand_variants(loaded, cls, models)
     n = cls.target
     indices = np.arange(n, dtype=np.int64)
+    combo_keys = _combination_keys(cls, variants)
+    combo_of, rounds = balanced_assignment(cls.seed_key, combo_keys, n)
+    n_inputs = max(1, len(cls.inputs))
+    variant_of, input_pos = np.divmod(combo_of, n_inputs)
+    input_of = input_pos if cls.inputs else None
     if cls.seeds is not None:
-        seeds = np.asarray(cls.seeds[:n], dtype=np.int64)
+        seeds = np.asarray(cls.seeds[:n], dtype=np.int64)  # explicit seeds belong to positions in the order
     else:
-        seeds = derive_seeds(int(cls.params["seed"]), cls.seed_key, indices)
-    variant_of = rendezvous(cls.seed_key, indices, [v.identity for v in variants])
-    input_of = rendezvous(cls.seed_key, indices, [i.sha256 + (i.mask_sha256 or "") for i in cls.inputs], salt="input") if cls.inputs else None
+        seeds = combination_seeds(int(cls.params["seed"]), cls.seed_key, combo_keys[combo_of], rounds)
 
     # Hash fast: one sha256 state per (variant, input) holding everything up to the seed, copied
     # per unit, which then adds only its seed and the tail. Must equal WorkUnit.canonical() exactly.
     fingerprints = np.empty(n, dtype=object)
-    pair_of = variant_of * max(1, len(cls.inputs)) + (input_of if input_of is not None else 0)
-    order = np.argsort(pair_of, kind="stable")
-    pairs, starts = np.unique(pair_of[order], return_index=True)
+    order = np.argsort(combo_of, kind="stable")
+    pairs, starts = np.unique(combo_of[order], return_index=True)
     bounds = np.append(starts, n)
     for pair, lo, hi in zip(pairs.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()):
-        v_idx, i_idx = divmod(pair, max(1, len(cls.inputs)))
+        v_idx, i_idx = divmod(pair, n_inputs)
         variant = variants[v_idx]
         inp = cls.inputs[i_idx] if cls.inputs else None
         head = "[" + _json_str(variant.prompt) + "," + _json_str(variant.negative) + ","
@@ -232,6 +243,25 @@ def compile_class(loaded: LoadedSpec, cls: ResolvedClass, models: dict[str, Mode
         members = order[lo:hi]
         fingerprints[members] = list(map(_hasher(state, tail), seeds[members].tolist()))
     return ClassUnits(cls.name, cls.label, variants, cls.inputs, indices, seeds, variant_of, input_of, fingerprints.tolist())
+
+
+def _combination_keys(cls: ResolvedClass, variants: tuple[Variant, ...]) -> np.ndarray:
+    """A 64-bit key per combination (variant-major, then input), from content only: renaming or
+    moving an input image, or listing variants in another order, changes no key."""
+    variant_keys = np.array([key64(v.stream_identity) for v in variants], dtype=np.uint64)
+    if not cls.inputs:
+        return variant_keys
+    if len(variants) * len(cls.inputs) > MAX_COMBINATIONS:
+        raise PlanError(f"class {cls.name!r} has {len(variants)} variants x {len(cls.inputs)} input images = "
+                        f"{len(variants) * len(cls.inputs)} combinations (limit {MAX_COMBINATIONS}); use fewer of either")
+    seen: dict[str, int] = {}
+    names = []
+    for i in cls.inputs:
+        content = i.sha256 + (i.mask_sha256 or "")
+        seen[content] = seen.get(content, -1) + 1  # two files with one content are still two inputs
+        names.append(f"{content}#{seen[content]}" if seen[content] else content)
+    input_keys = splitmix64(np.array([key64("input:" + c) for c in names], dtype=np.uint64))
+    return splitmix64(variant_keys[:, None] ^ input_keys[None, :]).ravel()
 
 
 def _hasher(state: Any, tail: bytes) -> Any:
