@@ -15,10 +15,12 @@ import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from diffspec.content import default_cache
 from diffspec.errors import PlanError
 from diffspec.plan.models import resolve_family, scheduler_entry
 from diffspec.plan.seeds import balanced_assignment, combination_seeds, key64, splitmix64
@@ -108,11 +110,14 @@ class ClassUnits:
 
 
 def model_ref(loaded: LoadedSpec, name: str) -> ModelRef:
-
     model = loaded.spec.models[name]
-    source = model.source
-    if not source.startswith("builtin:") and (loaded.root / source).is_dir():
-        source = str((loaded.root / source).resolve())  # a local folder: absolute, so runs from anywhere agree
+    source, content = model.source, None
+    if not source.startswith("builtin:") and (folder := _local(loaded.root, source)) is not None and folder.is_dir():
+        source = str(folder)  # a local folder: absolute, so runs from anywhere agree
+        content = default_cache().folder_sha256(folder)
+    controlnet, controlnet_content = model.controlnet, None
+    if controlnet and (folder := _local(loaded.root, controlnet)) is not None and folder.is_dir():
+        controlnet, controlnet_content = str(folder), default_cache().folder_sha256(folder)
     return ModelRef(
         name=name,
         source=source,
@@ -122,11 +127,42 @@ def model_ref(loaded: LoadedSpec, name: str) -> ModelRef:
         dtype=model.dtype,
         use_safetensors=model.use_safetensors,
         trust_remote_code=model.trust_remote_code,
-        controlnet=model.controlnet,
-        loras=tuple(LoraRef(l.source, l.weight_name, l.scale, l.revision) for l in model.loras),
-        embeddings=tuple(EmbeddingRef(e.source, e.token, e.weight_name) for e in model.embeddings),
+        controlnet=controlnet,
+        loras=tuple(_lora_ref(loaded.root, l) for l in model.loras),
+        embeddings=tuple(_embedding_ref(loaded.root, e) for e in model.embeddings),
         params_b=model.params_b,
+        content=content,
+        controlnet_content=controlnet_content,
     )
+
+
+def _local(root: Path, source: str) -> Path | None:
+    """The absolute path a source names when it exists on disk (relative to the spec's folder),
+    else None: a hub id, identified by (id, revision)."""
+    path = Path(source).expanduser()
+    path = path if path.is_absolute() else root / path
+    return path.resolve() if path.exists() else None
+
+
+def _adapter_content(path: Path, weight_name: str | None) -> str:
+    """What a LoRA or embedding loads: the named file in a folder, else the file or folder."""
+    if path.is_dir() and weight_name and (path / weight_name).is_file():
+        return default_cache().file_sha256(path / weight_name)
+    return default_cache().sha256(path)
+
+
+def _lora_ref(root: Path, lora: Any) -> LoraRef:
+    path = _local(root, lora.source)
+    if path is None:
+        return LoraRef(lora.source, lora.weight_name, lora.scale, lora.revision)
+    return LoraRef(str(path), lora.weight_name, lora.scale, lora.revision, _adapter_content(path, lora.weight_name))
+
+
+def _embedding_ref(root: Path, emb: Any) -> EmbeddingRef:
+    path = _local(root, emb.source)
+    if path is None:
+        return EmbeddingRef(emb.source, emb.token, emb.weight_name)
+    return EmbeddingRef(str(path), emb.token, emb.weight_name, _adapter_content(path, emb.weight_name))
 
 
 def _pipeline_key(loaded: LoadedSpec, cls: ResolvedClass, params: dict[str, Any], models: dict[str, ModelRef]) -> PipelineKey:
@@ -278,4 +314,6 @@ def _hasher(state: Any, tail: bytes) -> Any:
 def compile_spec(loaded: LoadedSpec) -> dict[str, ClassUnits]:
     """Every class's units, classes in name order (the order dedup ownership follows)."""
     models: dict[str, ModelRef] = {}
-    return {name: compile_class(loaded, loaded.classes[name], models) for name in sorted(loaded.classes)}
+    compiled = {name: compile_class(loaded, loaded.classes[name], models) for name in sorted(loaded.classes)}
+    default_cache().flush()  # content hashes of local files, for the next plan (diffspec/content.py)
+    return compiled

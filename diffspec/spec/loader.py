@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from diffspec.content import default_cache
 from diffspec.errors import Position, Problem, SpecError
 from diffspec.spec.errors_map import _message, problems_from_validation
 from diffspec.spec.model import ClassSpec, FileValues, GenParams, Spec
@@ -287,11 +288,7 @@ def placeholders(template: str) -> list[str]:
 def _sha256_file(path: Path, cache: dict[str, str]) -> str:
     key = str(path)
     if key not in cache:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        cache[key] = digest.hexdigest()
+        cache[key] = default_cache().file_sha256(path)  # persistent, by (path, size, mtime, ctime)
     return cache[key]
 
 
