@@ -152,7 +152,7 @@ class WorkUnit:
     fingerprint: str
     key: PipelineKey
     class_name: str  # the class that owns the file (first by name when deduplicated)
-    index: int  # position in its class's stream: stable when targets change
+    index: int  # position in its class's order (docs/assignment.md): stable when targets change
     seed: int
     prompt: str
     negative: str

@@ -126,3 +126,34 @@ def test_readme_example_moves(tmp_path: Path, capsys: Any) -> None:
     assert moved_add == 100 and all(p.endswith("golden hour") for fp, p in added.items() if fp not in base)
     assert moved_remove == own
     assert set(base) <= set(raised) and len(raised) == 500
+
+
+def test_input_images_are_a_dimension_of_the_product(tmp_path: Path) -> None:
+    """img2img over 3 input images and 2 prompts: every (prompt, image) pair gets its share, and
+    adding an image moves only the units the new pairs need."""
+    (tmp_path / "inputs").mkdir()
+    for name in "abcd":
+        (tmp_path / "inputs" / f"{name}.png").write_bytes(f"image {name}".encode())
+    spec = """\
+version: 1
+dataset: inputs
+output: out
+models: {{m: {{source: runwayml/stable-diffusion-v1-5, revision: abc}}}}
+defaults: {{model: m, size: [64, 64], steps: 4, guidance: 5.0, seed: 1}}
+classes:
+  edit: {{target: 13, mode: img2img, prompt: "a {{style}} photo", vars: {{style: [warm, cold]}}, input: {{images: {images}}}}}
+"""
+
+    def pairs(images: str) -> tuple[Counter[tuple[int, str]], dict[str, tuple[int, str]]]:
+        path = tmp_path / f"spec-{len(images)}.yaml"
+        path.write_text(spec.format(images=images))
+        units = compile_spec(load_spec(path))["edit"]
+        keys = [(v, Path(units.inputs[i].path).name) for v, i in zip(units.variant_of.tolist(), units.input_of.tolist())]
+        return Counter(keys), dict(zip(units.fingerprints, keys))
+
+    three, before = pairs('["inputs/a.png", "inputs/b.png", "inputs/c.png"]')
+    assert len(three) == 6 and sorted(three.values()) == [2, 2, 2, 2, 2, 3]
+    four, after = pairs('"inputs/*.png"')
+    assert len(four) == 8 and sorted(four.values()) == [1, 1, 1, 2, 2, 2, 2, 2]
+    gone = set(before) - set(after)
+    assert len(gone) == sum(key[1] == "d.png" for key in after.values()) == 3
