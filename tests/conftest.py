@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,9 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Content hashes of local files are cached in the user's cache folder (diffspec/content.py): the
+# tests keep theirs in a scratch folder of their own, never in the home of whoever runs them.
+os.environ["DIFFSPEC_CACHE_DIR"] = tempfile.mkdtemp(prefix="diffspec-test-cache-")
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """Compile a loaded spec into content-addressed work units (a pure function of the LoadedSpec).
 
-Per class: the prompt templates and vars (and sweeps) expand into *variants*; each unit
-index is assigned a variant by rendezvous hashing of its identity, gets a seed derived from
-(base seed, seed stream, index), and a fingerprint of its canonical text. Units are stored
+Per class: the prompt templates and vars (and sweeps) expand into *variants*; with input
+images, every (variant, input) pair is a *combination*. Units are dealt out in rounds, one unit
+of every combination per round (docs/assignment.md), each gets a seed derived from (base seed,
+seed stream, combination, round), and a fingerprint of its canonical text. Units are stored
 columnar (`ClassUnits`) because a spec may expand to millions of them; `WorkUnit` objects are
 made on demand.
 """
@@ -14,12 +15,14 @@ import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from diffspec.content import default_cache
 from diffspec.errors import PlanError
-from diffspec.plan.seeds import derive_seeds, key64, rendezvous, splitmix64
+from diffspec.plan.seeds import balanced_assignment, combination_seeds, key64, splitmix64
 from diffspec.plan.unit import (
     EmbeddingRef,
     LoraRef,
@@ -34,6 +37,7 @@ from diffspec.tables.schedulers import scheduler_entry
 from diffspec.tables.sources import resolve_source
 
 MAX_VARIANTS = 200_000
+MAX_COMBINATIONS = 10_000_000  # variants x input images: the assignment scores each one per round
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,15 @@ class Variant:
 
     @property
     def identity(self) -> str:
-        """What rendezvous hashing sees: the variant's content, not its position in a list."""
+        """The variant's content, not its position in a list: two equal ones are one variant."""
         return json.dumps([self.prompt, self.negative, self.key.canonical_group()], ensure_ascii=False)
+
+    @property
+    def stream_identity(self) -> str:
+        """What the assignment and the seeds see: the spec's words for the variant (its text and
+        sweep values), not the resolved pipeline, so a change of steps or of a LoRA file keeps
+        every unit's seed and combination and only re-renders it."""
+        return json.dumps([self.prompt, self.negative, [list(p) for p in self.sweep]], ensure_ascii=False, default=str)
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,9 +112,14 @@ class ClassUnits:
 
 
 def model_ref(loaded: LoadedSpec, name: str) -> ModelRef:
-
     model = loaded.spec.models[name]
-    source = resolve_source(model.source, loaded.root)
+    source, content = model.source, None
+    if not source.startswith("builtin:") and (folder := _local(loaded.root, source)) is not None and folder.is_dir():
+        source = str(folder)  # a local folder: absolute, so runs from anywhere agree
+        content = default_cache().folder_sha256(folder)
+    controlnet, controlnet_content = model.controlnet, None
+    if controlnet and (folder := _local(loaded.root, controlnet)) is not None and folder.is_dir():
+        controlnet, controlnet_content = str(folder), default_cache().folder_sha256(folder)
     return ModelRef(
         name=name,
         source=source,
@@ -113,11 +129,42 @@ def model_ref(loaded: LoadedSpec, name: str) -> ModelRef:
         dtype=model.dtype,
         use_safetensors=model.use_safetensors,
         trust_remote_code=model.trust_remote_code,
-        controlnet=model.controlnet,
-        loras=tuple(LoraRef(l.source, l.weight_name, l.scale, l.revision) for l in model.loras),
-        embeddings=tuple(EmbeddingRef(e.source, e.token, e.weight_name) for e in model.embeddings),
+        controlnet=controlnet,
+        loras=tuple(_lora_ref(loaded.root, l) for l in model.loras),
+        embeddings=tuple(_embedding_ref(loaded.root, e) for e in model.embeddings),
         params_b=model.params_b,
+        content=content,
+        controlnet_content=controlnet_content,
     )
+
+
+def _local(root: Path, source: str) -> Path | None:
+    """The absolute path a source names when it exists on disk (relative to the spec's folder),
+    else None: a hub id, identified by (id, revision)."""
+    path = Path(source).expanduser()
+    path = path if path.is_absolute() else root / path
+    return path.resolve() if path.exists() else None
+
+
+def _adapter_content(path: Path, weight_name: str | None) -> str:
+    """What a LoRA or embedding loads: the named file in a folder, else the file or folder."""
+    if path.is_dir() and weight_name and (path / weight_name).is_file():
+        return default_cache().file_sha256(path / weight_name)
+    return default_cache().sha256(path)
+
+
+def _lora_ref(root: Path, lora: Any) -> LoraRef:
+    path = _local(root, lora.source)
+    if path is None:
+        return LoraRef(lora.source, lora.weight_name, lora.scale, lora.revision)
+    return LoraRef(str(path), lora.weight_name, lora.scale, lora.revision, _adapter_content(path, lora.weight_name))
+
+
+def _embedding_ref(root: Path, emb: Any) -> EmbeddingRef:
+    path = _local(root, emb.source)
+    if path is None:
+        return EmbeddingRef(emb.source, emb.token, emb.weight_name)
+    return EmbeddingRef(str(path), emb.token, emb.weight_name, _adapter_content(path, emb.weight_name))
 
 
 def _pipeline_key(loaded: LoadedSpec, cls: ResolvedClass, params: ResolvedParams, models: dict[str, ModelRef]) -> PipelineKey:
@@ -203,22 +250,24 @@ def compile_class(loaded: LoadedSpec, cls: ResolvedClass, models: dict[str, Mode
     variants = expand_variants(loaded, cls, models)
     n = cls.target
     indices = np.arange(n, dtype=np.int64)
+    combo_keys = _combination_keys(cls, variants)
+    combo_of, rounds = balanced_assignment(cls.seed_key, combo_keys, n)
+    n_inputs = max(1, len(cls.inputs))
+    variant_of, input_pos = np.divmod(combo_of, n_inputs)
+    input_of = input_pos if cls.inputs else None
     if cls.seeds is not None:
-        seeds = np.asarray(cls.seeds[:n], dtype=np.int64)
+        seeds = np.asarray(cls.seeds[:n], dtype=np.int64)  # explicit seeds belong to positions in the order
     else:
-        seeds = derive_seeds(int(cls.params.seed), cls.seed_key, indices)
-    variant_of = rendezvous(cls.seed_key, indices, [v.identity for v in variants])
-    input_of = rendezvous(cls.seed_key, indices, [i.sha256 + (i.mask_sha256 or "") for i in cls.inputs], salt="input") if cls.inputs else None
+        seeds = combination_seeds(int(cls.params.seed), cls.seed_key, combo_keys[combo_of], rounds)
 
     # Hash fast: one sha256 state per (variant, input) holding everything up to the seed, copied
     # per unit, which then adds only its seed and the tail. Must equal WorkUnit.canonical() exactly.
     fingerprints = np.empty(n, dtype=object)
-    pair_of = variant_of * max(1, len(cls.inputs)) + (input_of if input_of is not None else 0)
-    order = np.argsort(pair_of, kind="stable")
-    pairs, starts = np.unique(pair_of[order], return_index=True)
+    order = np.argsort(combo_of, kind="stable")
+    pairs, starts = np.unique(combo_of[order], return_index=True)
     bounds = np.append(starts, n)
     for pair, lo, hi in zip(pairs.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()):
-        v_idx, i_idx = divmod(pair, max(1, len(cls.inputs)))
+        v_idx, i_idx = divmod(pair, n_inputs)
         variant = variants[v_idx]
         inp = cls.inputs[i_idx] if cls.inputs else None
         head = "[" + _json_str(variant.prompt) + "," + _json_str(variant.negative) + ","
@@ -228,6 +277,25 @@ def compile_class(loaded: LoadedSpec, cls: ResolvedClass, models: dict[str, Mode
         members = order[lo:hi]
         fingerprints[members] = list(map(_hasher(state, tail), seeds[members].tolist()))
     return ClassUnits(cls.name, cls.label, variants, cls.inputs, indices, seeds, variant_of, input_of, fingerprints.tolist())
+
+
+def _combination_keys(cls: ResolvedClass, variants: tuple[Variant, ...]) -> np.ndarray:
+    """A 64-bit key per combination (variant-major, then input), from content only: renaming or
+    moving an input image, or listing variants in another order, changes no key."""
+    variant_keys = np.array([key64(v.stream_identity) for v in variants], dtype=np.uint64)
+    if not cls.inputs:
+        return variant_keys
+    if len(variants) * len(cls.inputs) > MAX_COMBINATIONS:
+        raise PlanError(f"class {cls.name!r} has {len(variants)} variants x {len(cls.inputs)} input images = "
+                        f"{len(variants) * len(cls.inputs)} combinations (limit {MAX_COMBINATIONS}); use fewer of either")
+    seen: dict[str, int] = {}
+    names = []
+    for i in cls.inputs:
+        content = i.sha256 + (i.mask_sha256 or "")
+        seen[content] = seen.get(content, -1) + 1  # two files with one content are still two inputs
+        names.append(f"{content}#{seen[content]}" if seen[content] else content)
+    input_keys = splitmix64(np.array([key64("input:" + c) for c in names], dtype=np.uint64))
+    return splitmix64(variant_keys[:, None] ^ input_keys[None, :]).ravel()
 
 
 def _hasher(state: Any, tail: bytes) -> Any:
@@ -244,4 +312,6 @@ def _hasher(state: Any, tail: bytes) -> Any:
 def compile_spec(loaded: LoadedSpec) -> dict[str, ClassUnits]:
     """Every class's units, classes in name order (the order dedup ownership follows)."""
     models: dict[str, ModelRef] = {}
-    return {name: compile_class(loaded, loaded.classes[name], models) for name in sorted(loaded.classes)}
+    compiled = {name: compile_class(loaded, loaded.classes[name], models) for name in sorted(loaded.classes)}
+    default_cache().flush()  # content hashes of local files, for the next plan (diffspec/content.py)
+    return compiled

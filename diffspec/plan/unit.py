@@ -35,17 +35,26 @@ def canonical_json(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class LoraRef:
-    source: str
+    source: str  # hub id, or an absolute local path
     weight_name: str | None = None
     scale: float = 1.0
     revision: str | None = None
+    content: str | None = None  # sha256 of the local file(s) loaded; None for a hub id
+
+    def identity(self) -> str:
+        """A local adapter is its bytes (diffspec/content.py); a hub one its (id, revision)."""
+        return f"content:{self.content}" if self.content else self.source
 
 
 @dataclass(frozen=True, slots=True)
 class EmbeddingRef:
-    source: str
+    source: str  # hub id, or an absolute local path
     token: str | None = None
     weight_name: str | None = None
+    content: str | None = None  # sha256 of the local file(s) loaded; None for a hub id
+
+    def identity(self) -> str:
+        return f"content:{self.content}" if self.content else self.source
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,18 +73,22 @@ class ModelRef:
     loras: tuple[LoraRef, ...] = ()
     embeddings: tuple[EmbeddingRef, ...] = ()
     params_b: float | None = None
+    content: str | None = None  # sha256 of a local model folder's files; None for a hub id
+    controlnet_content: str | None = None  # the same for a local ControlNet folder
 
     def pixel_fields(self) -> dict[str, Any]:
-        """The fields that change pixels (the model's *name* in the spec does not)."""
+        """The fields that change pixels (the model's *name* in the spec does not). A local
+        folder or file is identified by its content, not its path: replacing a LoRA file at the
+        same path re-plans its units, moving the project folder re-plans nothing."""
         return {
-            "source": self.source,
+            "source": f"content:{self.content}" if self.content else self.source,
             "family": self.family,
             "revision": self.revision,
             "variant": self.variant,
             "dtype": self.dtype,
-            "controlnet": self.controlnet,
-            "loras": [[l.source, l.weight_name, l.scale, l.revision] for l in self.loras],
-            "embeddings": [[e.source, e.token, e.weight_name] for e in self.embeddings],
+            "controlnet": f"content:{self.controlnet_content}" if self.controlnet_content else self.controlnet,
+            "loras": [[l.identity(), l.weight_name, l.scale, l.revision] for l in self.loras],
+            "embeddings": [[e.identity(), e.token, e.weight_name] for e in self.embeddings],
         }
 
 
@@ -140,7 +153,7 @@ class WorkUnit:
     fingerprint: str
     key: PipelineKey
     class_name: str  # the class that owns the file (first by name when deduplicated)
-    index: int  # position in its class's stream: stable when targets change
+    index: int  # position in its class's order (docs/assignment.md): stable when targets change
     seed: int
     prompt: str
     negative: str

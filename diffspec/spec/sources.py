@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from diffspec.content import default_cache
 from diffspec.errors import Position, Problem
 from diffspec.spec.model import ClassSpec, FileValues
 from diffspec.spec.resolved import InputFile
@@ -193,11 +194,7 @@ def _var_name(column: str) -> str | None:
 def sha256_file(path: Path, cache: dict[str, str]) -> str:
     key = str(path)
     if key not in cache:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        cache[key] = digest.hexdigest()
+        cache[key] = default_cache().file_sha256(path)  # persistent, by (path, size, mtime, ctime)
     return cache[key]
 
 
