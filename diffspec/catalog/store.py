@@ -23,9 +23,13 @@ import pyarrow.parquet as pq
 
 from diffspec.atomic import atomic_write, remove_leftovers
 from diffspec.catalog.schema import IMAGES, REMOVED, RUNS
-from diffspec.errors import CatalogError
+from diffspec.errors import CatalogDamaged, CatalogError
 
 CATALOG_DIR = "catalog"
+QUARANTINE_DIR = "quarantine"  # under catalog/: damaged parts moved aside by `diffspec check --repair`
+# A listing races a compaction (merged part written, small ones deleted) at most this many times
+# in a row before a reader gives up; each retry re-lists, so it reads one consistent snapshot.
+_RELIST_ATTEMPTS = 8
 
 
 def new_run_id() -> str:
@@ -61,10 +65,12 @@ class CatalogIndex:
 
 
 class Catalog:
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, skip_parts: Iterable[Path] = ()) -> None:
         self.output = Path(output)
         self.root = self.output / CATALOG_DIR
         self._seq = itertools.count()
+        # Parts to leave out of every listing: only `diffspec check`, to look past damage it reports.
+        self._skip = frozenset(Path(p).resolve() for p in skip_parts)
 
     # ---- layout -------------------------------------------------------------------------
     def table_dir(self, table: str) -> Path:
@@ -77,7 +83,8 @@ class Catalog:
         folder = self.table_dir(table) if table in ("images", "runs", "removed") else self.stage_dir(table)
         if not folder.is_dir():
             return []
-        return sorted(p for p in folder.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
+        return sorted(p for p in folder.iterdir()
+                      if p.suffix == ".parquet" and not p.name.startswith(".") and not (self._skip and p.resolve() in self._skip))
 
     def stages(self) -> list[str]:
         folder = self.root / "stages"
@@ -98,7 +105,8 @@ class Catalog:
     def _write_part(self, folder: Path, table: pa.Table, run_id: str, tag: str | None = None) -> Path:
         name = f"part-{run_id}-{tag or next(self._seq):06}-{os.getpid()}.parquet" if tag is None else f"part-{run_id}-{tag}.parquet"
         path = folder / name
-        atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
+        # Page checksums: a flipped byte in a data page fails the read instead of decoding wrong.
+        atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd", write_page_checksum=True))
         return path
 
     def append_images(self, rows: Sequence[dict[str, Any]], run_id: str) -> Path | None:
@@ -144,10 +152,20 @@ class Catalog:
 
     # ---- read ---------------------------------------------------------------------------
     def read_table(self, table: str, columns: list[str] | None = None) -> pa.Table:
-        return self.read_parts(self.parts(table), table, columns)
+        """Every part of ``table``. A part deleted between the listing and the read (a concurrent
+        compaction, whose merged part is already written) makes the read start again from a new
+        listing, so readers running beside an apply see a consistent snapshot."""
+        for _ in range(_RELIST_ATTEMPTS):
+            parts = self.parts(table)
+            try:
+                return self.read_parts(parts, table, columns)
+            except _PartVanished:
+                continue
+        raise CatalogError(f"the catalog under {self.root} kept changing while it was read; try again")
 
     def read_parts(self, parts: Sequence[Path], table: str, columns: list[str] | None = None) -> pa.Table:
-        """These parts of ``table``, concatenated in order."""
+        """These parts of ``table``, concatenated in order. A part that cannot be read raises
+        `CatalogDamaged` naming it (never a partial result)."""
         schema = {"images": IMAGES, "runs": RUNS, "removed": REMOVED}.get(table)
         if not parts:
             if schema is None:
@@ -157,11 +175,31 @@ class Catalog:
             if schema is not None and len(parts) > 1:
                 # One multi-threaded scan instead of a file at a time (3-5x faster over many
                 # parts); a column an older part lacks reads as nulls. Row order follows `parts`.
-                return pq.read_table(list(parts), columns=columns, schema=schema, partitioning=None)
-            tables = [pq.read_table(p, columns=columns) for p in parts]
+                return pq.read_table(list(parts), columns=columns, schema=schema, partitioning=None,
+                                     page_checksum_verification=True)
+            tables = [pq.read_table(p, columns=columns, page_checksum_verification=True) for p in parts]
             return pa.concat_tables(tables, promote_options="default")
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise CatalogError(f"cannot read catalog table {table!r} under {self.root}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - damage surfaces as OSError, ArrowInvalid, UnicodeDecodeError...
+            if any(not p.exists() for p in parts):
+                raise _PartVanished() from exc
+            damaged = [(p, why) for p in parts if (why := part_problem(p, schema)) is not None]
+            if not damaged:
+                raise CatalogError(f"cannot read catalog table {table!r} under {self.root}: {exc}") from exc
+            shown = "; ".join(f"{self.shown(p)} ({why})" for p, why in damaged[:3])
+            more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+            raise CatalogDamaged(
+                f"damaged catalog part{'s' if len(damaged) != 1 else ''}: {shown}{more}. Nothing was read around it: "
+                "run `diffspec check SPEC` to list every problem and `diffspec check SPEC --repair` to quarantine "
+                "damaged parts and rebuild their rows from the image files",
+                tuple(str(p) for p, _ in damaged),
+            ) from None
+
+    def shown(self, path: Path) -> str:
+        """A catalog file as messages name it: relative to the output root."""
+        try:
+            return str(Path(path).relative_to(self.output))
+        except ValueError:
+            return str(path)
 
     def removed_fingerprints(self) -> set[str]:
         return set(self.read_table("removed", ["fingerprint"]).column("fingerprint").to_pylist())
@@ -230,6 +268,30 @@ class Catalog:
 
     def runs(self) -> list[dict[str, Any]]:
         return self.read_table("runs").to_pylist()
+
+
+class _PartVanished(Exception):
+    """A listed part is gone: a concurrent compaction replaced it. Re-list and read again."""
+
+
+def part_problem(path: Path, schema: pa.Schema | None = None) -> str | None:
+    """Why one Parquet part cannot be read (None if it reads whole, checksums and all)."""
+    try:
+        table = pq.read_table(path, page_checksum_verification=True)
+    except FileNotFoundError:
+        return "missing"
+    except Exception as exc:  # noqa: BLE001 - every decoding failure is damage
+        reason = " ".join(str(exc).replace(f"'{path}'", "").replace("Could not open Parquet input source :", "").split())
+        reason = reason.split(". ")[0][:120] or type(exc).__name__
+        return f"unreadable: {reason}"
+    if schema is not None:
+        key = schema.names[0]  # fingerprint (images, removed) or run_id (runs): every row has it
+        wrong = [f.name for f in schema if f.name in table.column_names and not table.schema.field(f.name).type.equals(f.type)]
+        if key not in table.column_names:
+            return f"not a part of this table: no {key} column"
+        if wrong:
+            return f"not a part of this table: columns of the wrong type: {', '.join(wrong)}"
+    return None
 
 
 def image_row_keys() -> list[str]:
