@@ -29,7 +29,7 @@ CATALOG_DIR = "catalog"
 QUARANTINE_DIR = "quarantine"  # under catalog/: damaged parts moved aside by `diffspec check --repair`
 # A listing races a compaction (merged part written, small ones deleted) at most this many times
 # in a row before a reader gives up; each retry re-lists, so it reads one consistent snapshot.
-_RELIST_ATTEMPTS = 8
+_RELIST_ATTEMPTS = 20
 
 
 def new_run_id() -> str:
@@ -95,11 +95,16 @@ class Catalog:
 
     def state(self) -> str:
         """A token of the catalog's content: part names and sizes (parts are immutable)."""
-        digest = hashlib.sha256()
-        for table in ("images", "removed", *(f"stages/{s}" for s in self.stages())):
-            for part in self.parts(table.removeprefix("stages/")):
-                digest.update(f"{table}/{part.name}:{part.stat().st_size}\n".encode())
-        return digest.hexdigest()
+        for _ in range(_RELIST_ATTEMPTS):
+            digest = hashlib.sha256()
+            try:
+                for table in ("images", "removed", *(f"stages/{s}" for s in self.stages())):
+                    for part in self.parts(table.removeprefix("stages/")):
+                        digest.update(f"{table}/{part.name}:{part.stat().st_size}\n".encode())
+            except FileNotFoundError:  # a concurrent compaction removed a listed part: list again
+                continue
+            return digest.hexdigest()
+        raise CatalogError(f"the catalog under {self.root} kept changing while it was read; try again")
 
     # ---- write --------------------------------------------------------------------------
     def _write_part(self, folder: Path, table: pa.Table, run_id: str, tag: str | None = None) -> Path:
@@ -152,16 +157,47 @@ class Catalog:
 
     # ---- read ---------------------------------------------------------------------------
     def read_table(self, table: str, columns: list[str] | None = None) -> pa.Table:
-        """Every part of ``table``. A part deleted between the listing and the read (a concurrent
-        compaction, whose merged part is already written) makes the read start again from a new
-        listing, so readers running beside an apply see a consistent snapshot."""
-        for _ in range(_RELIST_ATTEMPTS):
+        """Every part of ``table``, as one consistent snapshot even beside an apply.
+
+        A part deleted between the listing and the read (a concurrent compaction, whose merged
+        part is already written) makes the read start again from a new listing; from then on
+        every listed part is opened before any is read, so a later deletion cannot touch it."""
+        for attempt in range(_RELIST_ATTEMPTS):
             parts = self.parts(table)
             try:
-                return self.read_parts(parts, table, columns)
+                if attempt == 0:
+                    return self.read_parts(parts, table, columns)
+                return self._read_pinned(parts, table, columns)
             except _PartVanished:
                 continue
         raise CatalogError(f"the catalog under {self.root} kept changing while it was read; try again")
+
+    def _read_pinned(self, parts: Sequence[Path], table: str, columns: list[str] | None) -> pa.Table:
+        schema = {"images": IMAGES, "runs": RUNS, "removed": REMOVED}.get(table)
+        handles = []
+        try:
+            for part in parts:
+                try:
+                    handles.append(open(part, "rb"))  # noqa: SIM115 - closed below
+                except FileNotFoundError:
+                    raise _PartVanished() from None
+            try:
+                tables = [pq.read_table(fh, columns=columns, page_checksum_verification=True) for fh in handles]
+            except Exception:  # noqa: BLE001 - name the damaged part, as read_parts does
+                return self.read_parts(parts, table, columns)
+        finally:
+            for fh in handles:
+                fh.close()
+        if not tables:
+            return self.read_parts([], table, columns)
+        merged = pa.concat_tables(tables, promote_options="default")
+        if schema is None:
+            return merged
+        wanted = columns or schema.names
+        for name in wanted:
+            if name not in merged.column_names and name in schema.names:
+                merged = merged.append_column(schema.field(name), pa.nulls(merged.num_rows, schema.field(name).type))
+        return merged.select([n for n in wanted if n in merged.column_names])
 
     def read_parts(self, parts: Sequence[Path], table: str, columns: list[str] | None = None) -> pa.Table:
         """These parts of ``table``, concatenated in order. A part that cannot be read raises
@@ -279,7 +315,7 @@ def part_problem(path: Path, schema: pa.Schema | None = None) -> str | None:
     try:
         table = pq.read_table(path, page_checksum_verification=True)
     except FileNotFoundError:
-        return "missing"
+        return None  # removed by a concurrent compaction after the listing: gone, not damaged
     except Exception as exc:  # noqa: BLE001 - every decoding failure is damage
         reason = " ".join(str(exc).replace(f"'{path}'", "").replace("Could not open Parquet input source :", "").split())
         reason = reason.split(". ")[0][:120] or type(exc).__name__

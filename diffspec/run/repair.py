@@ -87,7 +87,7 @@ def check(loaded: LoadedSpec, repair: bool = False, hashed: bool = True) -> Chec
         adoptable = _adopt(loaded, readable, "check", write=False) if catalog.exists() else 0
         return CheckResult(output, found.damages, found.parts, found.images, adoptable)
     run_id = new_run_id()
-    with OutputLock(output, run_id):
+    with OutputLock(output, run_id, command="check --repair"):
         return _repair(loaded, catalog, run_id, scan(catalog, hashed))
 
 
