@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from diffspec.errors import Position, Problem, SpecError
+from diffspec.spec import paths, weights
 from diffspec.spec.errors_map import _message, problems_from_validation
 from diffspec.spec.model import ClassSpec, FileValues, GenParams, Spec
 from diffspec.spec.suggest import did_you_mean
@@ -89,7 +90,10 @@ class LoadedSpec:
 
 
 def _read_values(fv: FileValues, root: Path, where: Position | None, problems: list[Problem]) -> tuple[str, ...]:
-    path = (root / fv.file).resolve()
+    checked = paths.readable_file(root, fv.file, "file", where, problems)
+    if checked is None:
+        return ()
+    path = checked
     if not path.is_file():
         problems.append(Problem(where, f"file not found: {fv.file} (looked in {shown_path(path.parent)})"))
         return ()
@@ -192,7 +196,10 @@ def _expand_classes_from(data: dict[str, Any], positions: Positions, root: Path,
     template = source.get("template")
     if not isinstance(file, str) or not isinstance(template, dict):
         return made  # pydantic reports the shape
-    path = (root / file).resolve()
+    checked = paths.readable_file(root, file, "classes_from.file", where, problems)
+    if checked is None:
+        return made
+    path = checked
     if not path.is_file():
         problems.append(Problem(where, f"file not found: {file}"))
         return made
@@ -295,11 +302,16 @@ def _sha256_file(path: Path, cache: dict[str, str]) -> str:
     return cache[key]
 
 
-def _expand_globs(patterns: str | list[str], root: Path) -> list[Path]:
+def _expand_globs(patterns: str | list[str], root: Path, where: Position | None = None,
+                  problems: list[Problem] | None = None, output: Path | None = None) -> list[Path]:
     found: list[Path] = []
+    problems = problems if problems is not None else []
     for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        if not paths.glob_allowed(root, pattern, "input glob", where, problems):
+            continue
         matches = sorted(glob.glob(str(root / pattern), recursive=True))
-        found.extend(Path(m).resolve() for m in matches if Path(m).is_file())
+        found.extend(paths.matches_allowed(root, [Path(m).resolve() for m in matches if Path(m).is_file()],
+                                           output, "input glob", pattern, where, problems))
     seen: set[Path] = set()
     return [p for p in found if not (p in seen or seen.add(p))]
 
@@ -387,16 +399,22 @@ def _check_family_mode(spec: Spec, name: str, params: dict[str, Any], cls: Class
 
 
 def _resolve_inputs(cls: ClassSpec, root: Path, cpath: PathT, positions: Positions, problems: list[Problem],
-                    cache: dict[str, str]) -> tuple[InputFile, ...]:
+                    cache: dict[str, str], output: Path | None = None) -> tuple[InputFile, ...]:
     if cls.input is None:
         return ()
-    images = [p for p in _expand_globs(cls.input.images, root) if p.suffix.lower() in IMAGE_SUFFIXES]
+    before = len(problems)
+    images = [p for p in _expand_globs(cls.input.images, root, positions.at(cpath + ("input", "images")), problems, output)
+              if p.suffix.lower() in IMAGE_SUFFIXES]
+    if len(problems) > before:
+        return ()
     if not images:
         problems.append(Problem(positions.at(cpath + ("input", "images")), f"no image files match {cls.input.images!r} (relative to {shown_path(root)})"))
         return ()
     masks_by_stem: dict[str, Path] = {}
     if cls.input.masks is not None:
-        masks = _expand_globs(cls.input.masks, root)
+        masks = _expand_globs(cls.input.masks, root, positions.at(cpath + ("input", "masks")), problems, output)
+        if len(problems) > before:
+            return ()
         masks_by_stem = {m.stem: m for m in masks}
         if not masks:
             problems.append(Problem(positions.at(cpath + ("input", "masks")), f"no mask files match {cls.input.masks!r}"))
@@ -415,7 +433,8 @@ def _resolve_inputs(cls: ClassSpec, root: Path, cpath: PathT, positions: Positio
     return tuple(out)
 
 
-def _resolve(spec: Spec, root: Path, positions: Positions, problems: list[Problem]) -> dict[str, ResolvedClass]:
+def _resolve(spec: Spec, root: Path, positions: Positions, problems: list[Problem],
+             output: Path | None = None) -> dict[str, ResolvedClass]:
     hashes: dict[str, str] = {}
     global_vars: dict[str, tuple[str, ...]] = {}
     for var, values in spec.vars.items():
@@ -457,6 +476,9 @@ def _resolve(spec: Spec, root: Path, positions: Positions, problems: list[Proble
             if not folder.is_dir():
                 problems.append(Problem(positions.at(cpath + ("existing",)), f"folder not found: {cls.existing} (resolved to {shown_path(folder)})"))
                 existing_count = 0
+            elif output is not None and (overlap := paths.existing_problem(folder, cls.existing, output, positions.at(cpath + ("existing",)))):
+                problems.append(overlap)
+                existing_count = 0
             else:
                 existing_count = count_images(folder)
             target = max(0, cls.fill_to - existing_count)
@@ -465,7 +487,7 @@ def _resolve(spec: Spec, root: Path, positions: Positions, problems: list[Proble
         if cls.seeds is not None and target > len(cls.seeds):
             count = len(cls.seeds)
             problems.append(Problem(positions.at(cpath + ("seeds",)), f"class {name!r} asks for {target} images but lists only {count} seed{'s' if count != 1 else ''}"))
-        inputs = _resolve_inputs(cls, root, cpath, positions, problems, hashes)
+        inputs = _resolve_inputs(cls, root, cpath, positions, problems, hashes, output)
         if len(problems) > before or not params:
             continue
         resolved[name] = ResolvedClass(
@@ -535,10 +557,11 @@ def load_spec(path: str | Path, profile: str | None = None) -> LoadedSpec:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_collapse_template_problems(problems + problems_from_validation(exc, data, positions, Spec), made)) from None
-    classes = _resolve(spec, root, positions, problems)
+    output = (root / spec.output).resolve()
+    classes = _resolve(spec, root, positions, problems, output)
+    problems.extend(weights.model_problems(spec, root, positions))
     if problems:
         raise SpecError(_collapse_template_problems(problems, made))
-    output = (root / spec.output).resolve()
     if output == root or root.is_relative_to(output):
         raise SpecError([Problem(positions.at(("output",)), f"output {spec.output!r} would hold the spec's own folder; choose a subfolder such as data/{spec.dataset}")])
     content = {
