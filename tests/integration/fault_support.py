@@ -29,6 +29,31 @@ classes:
 """
 PLANNED = 12
 
+# Holds the output lock as apply does, and (with "churn") keeps appending parts that repeat
+# the catalog's rows and compacting them, as a long apply does every 256 parts.
+HOLDER_SCRIPT = r"""
+import sys, time
+from pathlib import Path
+from diffspec.catalog.lock import OutputLock
+from diffspec.catalog.store import Catalog
+output, churn = Path(sys.argv[1]), sys.argv[2] == "churn"
+lock = OutputLock(output, "holder-run").acquire()
+print("locked", flush=True)
+cat = Catalog(output)
+rows = cat.live_images().to_pylist()
+n = 0
+while True:
+    if churn:
+        run = f"churn{n:05}"
+        for i in range(0, len(rows), 4):
+            cat.append_images(rows[i:i + 4], run)
+        cat.compact("images", run)
+        n += 1
+    else:
+        time.sleep(0.2)
+"""
+
+
 
 @dataclass(frozen=True)
 class Ran:

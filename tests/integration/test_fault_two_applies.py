@@ -15,37 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_support import PLANNED, applied, audit, cli, env
+from fault_support import HOLDER_SCRIPT, PLANNED, applied, audit, cli, env
 
 pytest.importorskip("torch")
 
-# Holds the output lock as apply does, and (with "churn") keeps appending parts that repeat
-# the catalog's rows and compacting them, as a long apply does every 256 parts.
-HOLDER = r"""
-import sys, time
-from pathlib import Path
-from diffspec.catalog.lock import OutputLock
-from diffspec.catalog.store import Catalog
-output, churn = Path(sys.argv[1]), sys.argv[2] == "churn"
-lock = OutputLock(output, "holder-run").acquire()
-print("locked", flush=True)
-cat = Catalog(output)
-rows = cat.live_images().to_pylist()
-n = 0
-while True:
-    if churn:
-        run = f"churn{n:05}"
-        for i in range(0, len(rows), 4):
-            cat.append_images(rows[i:i + 4], run)
-        cat.compact("images", run)
-        n += 1
-    else:
-        time.sleep(0.2)
-"""
 
 
 def _hold(output: Path, churn: bool = False) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(output), "churn" if churn else "idle"],
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER_SCRIPT, str(output), "churn" if churn else "idle"],
                             stdout=subprocess.PIPE, text=True, env=env())
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
     return proc
