@@ -203,11 +203,40 @@ def status(
     from diffspec.project import Project
     from diffspec.run.status import render_status
 
-    report = _run(lambda: Project(spec, profile=profile).status())
+    project = Project(spec, profile=profile)
+    report = _run(project.status)
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:
         render_status(report, out)
+    # `done` counts catalog rows; say so when files behind them are gone or changed.
+    damaged = _run(project.damaged_images)
+    if damaged:
+        shown = ", ".join(d.path for d in damaged[:3]) + (f" and {len(damaged) - 3} more" if len(damaged) > 3 else "")
+        err.print(f"[yellow]warning:[/] {len(damaged)} image{'s' if len(damaged) != 1 else ''} counted as done "
+                  f"{'are' if len(damaged) != 1 else 'is'} missing or damaged on disk: {escape(shown)}. "
+                  f"Run `diffspec check {escape(str(spec))} --repair` so the next apply makes them again", highlight=False)
+
+
+@app.command()
+def check(
+    spec: Annotated[Path, typer.Argument(help="Spec file.")],
+    profile: ProfileOpt = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Quarantine damaged files and rebuild rows from the images.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Compare image sizes only, not their sha256.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Verify the catalog and image files; exit 1 if anything is damaged (0 after --repair)."""
+    from diffspec.project import Project
+    from diffspec.run.repair import render_check
+
+    result = _run(lambda: Project(spec, profile=profile).check(repair=repair, hashed=not quick))
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+    else:
+        render_check(result, out)
+    if not result.ok and not result.repaired:
+        raise typer.Exit(1)
 
 
 @app.command()

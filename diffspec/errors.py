@@ -64,6 +64,17 @@ class CatalogError(DiffspecError):
     """The catalog cannot be read, written or queried as asked."""
 
 
+class CatalogDamaged(CatalogError):
+    """A catalog file cannot be read: truncated, overwritten with garbage, or of the wrong shape.
+
+    ``parts`` are the damaged files. Nothing reads around them silently: `diffspec check SPEC
+    --repair` quarantines them and rebuilds their rows from the image files."""
+
+    def __init__(self, message: str, parts: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.parts = parts
+
+
 class LockError(CatalogError):
     """Another run holds the output root."""
 

@@ -137,10 +137,24 @@ class Project:
 
         return class_status(self.loaded, self.plan(), self.catalog)
 
+    def damaged_images(self) -> list[Any]:
+        """Live rows whose image file is missing or has another size (a stat per image, no
+        hashing): what `status` warns about. `check` also compares sha256."""
+        from diffspec.catalog.check import image_damage
+
+        return image_damage(self.catalog, hashed=False)[0] if self.catalog.exists() else []
+
     def gc(self, dry_run: bool = False) -> PruneResult:
         from diffspec.run.prune import prune
 
         return prune(self.plan(), self.catalog, dry_run=dry_run)
+
+    def check(self, repair: bool = False, hashed: bool = True) -> Any:
+        """Find damaged catalog parts and missing or damaged image files; with ``repair``,
+        quarantine them and rebuild rows from the image files. See `diffspec.run.repair`."""
+        from diffspec.run.repair import check
+
+        return check(self.loaded, repair=repair, hashed=hashed)
 
     def query(self, sql: str) -> pa.Table:
         from diffspec.catalog.query import run_query

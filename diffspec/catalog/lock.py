@@ -20,9 +20,10 @@ LOCK_NAME = ".diffspec.lock"
 
 
 class OutputLock:
-    def __init__(self, output: Path, run_id: str) -> None:
+    def __init__(self, output: Path, run_id: str, command: str = "apply") -> None:
         self.path = output / LOCK_NAME
         self.run_id = run_id
+        self.command = command  # what holds the root, for the message a second comer sees
         self._fd: int | None = None
         self.was_stale = False
 
@@ -34,16 +35,17 @@ class OutputLock:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
+            what = holder.get("command", "apply")
             raise LockError(
-                f"another apply is running on {self.path.parent} "
-                f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}, run {holder.get('run_id', '?')}, "
+                f"another {what} is running on {self.path.parent}, so this {self.command} did not start "
+                f"(held by pid {holder.get('pid', '?')} on {holder.get('host', '?')}, run {holder.get('run_id', '?')}, "
                 f"started {holder.get('started', '?')}). Wait for it to finish or stop it; "
                 "a crashed run's lock is released automatically."
             ) from None
         self.was_stale = bool(_read_holder(fd))
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({
-            "pid": os.getpid(), "host": socket.gethostname(), "run_id": self.run_id,
+            "pid": os.getpid(), "host": socket.gethostname(), "run_id": self.run_id, "command": self.command,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }).encode())
         os.fsync(fd)

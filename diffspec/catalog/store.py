@@ -24,9 +24,13 @@ import pyarrow.parquet as pq
 from diffspec.atomic import atomic_write, remove_leftovers
 from diffspec.catalog.records import ImageRecord, RunRecord, images_table, runs_table
 from diffspec.catalog.schema import IMAGES, REMOVED, RUNS
-from diffspec.errors import CatalogError
+from diffspec.errors import CatalogDamaged, CatalogError
 
 CATALOG_DIR = "catalog"
+QUARANTINE_DIR = "quarantine"  # under catalog/: damaged parts moved aside by `diffspec check --repair`
+# A listing races a compaction (merged part written, small ones deleted) at most this many times
+# in a row before a reader gives up; each retry re-lists, so it reads one consistent snapshot.
+_RELIST_ATTEMPTS = 20
 
 
 def new_run_id() -> str:
@@ -62,10 +66,12 @@ class CatalogIndex:
 
 
 class Catalog:
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, skip_parts: Iterable[Path] = ()) -> None:
         self.output = Path(output)
         self.root = self.output / CATALOG_DIR
         self._seq = itertools.count()
+        # Parts to leave out of every listing: only `diffspec check`, to look past damage it reports.
+        self._skip = frozenset(Path(p).resolve() for p in skip_parts)
 
     # ---- layout -------------------------------------------------------------------------
     def table_dir(self, table: str) -> Path:
@@ -78,7 +84,8 @@ class Catalog:
         folder = self.table_dir(table) if table in ("images", "runs", "removed") else self.stage_dir(table)
         if not folder.is_dir():
             return []
-        return sorted(p for p in folder.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
+        return sorted(p for p in folder.iterdir()
+                      if p.suffix == ".parquet" and not p.name.startswith(".") and not (self._skip and p.resolve() in self._skip))
 
     def stages(self) -> list[str]:
         folder = self.root / "stages"
@@ -89,17 +96,23 @@ class Catalog:
 
     def state(self) -> str:
         """A token of the catalog's content: part names and sizes (parts are immutable)."""
-        digest = hashlib.sha256()
-        for table in ("images", "removed", *(f"stages/{s}" for s in self.stages())):
-            for part in self.parts(table.removeprefix("stages/")):
-                digest.update(f"{table}/{part.name}:{part.stat().st_size}\n".encode())
-        return digest.hexdigest()
+        for _ in range(_RELIST_ATTEMPTS):
+            digest = hashlib.sha256()
+            try:
+                for table in ("images", "removed", *(f"stages/{s}" for s in self.stages())):
+                    for part in self.parts(table.removeprefix("stages/")):
+                        digest.update(f"{table}/{part.name}:{part.stat().st_size}\n".encode())
+            except FileNotFoundError:  # a concurrent compaction removed a listed part: list again
+                continue
+            return digest.hexdigest()
+        raise CatalogError(f"the catalog under {self.root} kept changing while it was read; try again")
 
     # ---- write --------------------------------------------------------------------------
     def _write_part(self, folder: Path, table: pa.Table, run_id: str, tag: str | None = None) -> Path:
         name = f"part-{run_id}-{tag or next(self._seq):06}-{os.getpid()}.parquet" if tag is None else f"part-{run_id}-{tag}.parquet"
         path = folder / name
-        atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
+        # Page checksums: a flipped byte in a data page fails the read instead of decoding wrong.
+        atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd", write_page_checksum=True))
         return path
 
     def append_images(self, records: Sequence[ImageRecord], run_id: str) -> Path | None:
@@ -144,10 +157,51 @@ class Catalog:
 
     # ---- read ---------------------------------------------------------------------------
     def read_table(self, table: str, columns: list[str] | None = None) -> pa.Table:
-        return self.read_parts(self.parts(table), table, columns)
+        """Every part of ``table``, as one consistent snapshot even beside an apply.
+
+        A part deleted between the listing and the read (a concurrent compaction, whose merged
+        part is already written) makes the read start again from a new listing; from then on
+        every listed part is opened before any is read, so a later deletion cannot touch it."""
+        for attempt in range(_RELIST_ATTEMPTS):
+            parts = self.parts(table)
+            try:
+                if attempt == 0:
+                    return self.read_parts(parts, table, columns)
+                return self._read_pinned(parts, table, columns)
+            except _PartVanished:
+                continue
+        raise CatalogError(f"the catalog under {self.root} kept changing while it was read; try again")
+
+    def _read_pinned(self, parts: Sequence[Path], table: str, columns: list[str] | None) -> pa.Table:
+        schema = {"images": IMAGES, "runs": RUNS, "removed": REMOVED}.get(table)
+        handles = []
+        try:
+            for part in parts:
+                try:
+                    handles.append(open(part, "rb"))  # noqa: SIM115 - closed below
+                except FileNotFoundError:
+                    raise _PartVanished() from None
+            try:
+                tables = [pq.read_table(fh, columns=columns, page_checksum_verification=True) for fh in handles]
+            except Exception:  # noqa: BLE001 - name the damaged part, as read_parts does
+                return self.read_parts(parts, table, columns)
+        finally:
+            for fh in handles:
+                fh.close()
+        if not tables:
+            return self.read_parts([], table, columns)
+        merged = pa.concat_tables(tables, promote_options="default")
+        if schema is None:
+            return merged
+        wanted = columns or schema.names
+        for name in wanted:
+            if name not in merged.column_names and name in schema.names:
+                merged = merged.append_column(schema.field(name), pa.nulls(merged.num_rows, schema.field(name).type))
+        return merged.select([n for n in wanted if n in merged.column_names])
 
     def read_parts(self, parts: Sequence[Path], table: str, columns: list[str] | None = None) -> pa.Table:
-        """These parts of ``table``, concatenated in order."""
+        """These parts of ``table``, concatenated in order. A part that cannot be read raises
+        `CatalogDamaged` naming it (never a partial result)."""
         schema = {"images": IMAGES, "runs": RUNS, "removed": REMOVED}.get(table)
         if not parts:
             if schema is None:
@@ -157,11 +211,31 @@ class Catalog:
             if schema is not None and len(parts) > 1:
                 # One multi-threaded scan instead of a file at a time (3-5x faster over many
                 # parts); a column an older part lacks reads as nulls. Row order follows `parts`.
-                return pq.read_table(list(parts), columns=columns, schema=schema, partitioning=None)
-            tables = [pq.read_table(p, columns=columns) for p in parts]
+                return pq.read_table(list(parts), columns=columns, schema=schema, partitioning=None,
+                                     page_checksum_verification=True)
+            tables = [pq.read_table(p, columns=columns, page_checksum_verification=True) for p in parts]
             return pa.concat_tables(tables, promote_options="default")
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise CatalogError(f"cannot read catalog table {table!r} under {self.root}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - damage surfaces as OSError, ArrowInvalid, UnicodeDecodeError...
+            if any(not p.exists() for p in parts):
+                raise _PartVanished() from exc
+            damaged = [(p, why) for p in parts if (why := part_problem(p, schema)) is not None]
+            if not damaged:
+                raise CatalogError(f"cannot read catalog table {table!r} under {self.root}: {exc}") from exc
+            shown = "; ".join(f"{self.shown(p)} ({why})" for p, why in damaged[:3])
+            more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+            raise CatalogDamaged(
+                f"damaged catalog part{'s' if len(damaged) != 1 else ''}: {shown}{more}. Nothing was read around it: "
+                "run `diffspec check SPEC` to list every problem and `diffspec check SPEC --repair` to quarantine "
+                "damaged parts and rebuild their rows from the image files",
+                tuple(str(p) for p, _ in damaged),
+            ) from None
+
+    def shown(self, path: Path) -> str:
+        """A catalog file as messages name it: relative to the output root."""
+        try:
+            return str(Path(path).relative_to(self.output))
+        except ValueError:
+            return str(path)
 
     def removed_fingerprints(self) -> set[str]:
         return set(self.read_table("removed", ["fingerprint"]).column("fingerprint").to_pylist())
@@ -230,3 +304,28 @@ class Catalog:
 
     def runs(self) -> list[dict[str, Any]]:
         return self.read_table("runs").to_pylist()
+
+
+class _PartVanished(Exception):
+    """A listed part is gone: a concurrent compaction replaced it. Re-list and read again."""
+
+
+def part_problem(path: Path, schema: pa.Schema | None = None) -> str | None:
+    """Why one Parquet part cannot be read (None if it reads whole, checksums and all)."""
+    try:
+        table = pq.read_table(path, page_checksum_verification=True)
+    except FileNotFoundError:
+        return None  # removed by a concurrent compaction after the listing: gone, not damaged
+    except Exception as exc:  # noqa: BLE001 - every decoding failure is damage
+        reason = " ".join(str(exc).replace(f"'{path}'", "").replace("Could not open Parquet input source :", "").split())
+        reason = reason.split(". ")[0][:120] or type(exc).__name__
+        return f"unreadable: {reason}"
+    if schema is not None:
+        key = schema.names[0]  # fingerprint (images, removed) or run_id (runs): every row has it
+        wrong = [f.name for f in schema if f.name in table.column_names and not table.schema.field(f.name).type.equals(f.type)]
+        if key not in table.column_names:
+            return f"not a part of this table: no {key} column"
+        if wrong:
+            return f"not a part of this table: columns of the wrong type: {', '.join(wrong)}"
+    return None
+

@@ -43,7 +43,7 @@ COLUMNS = (
 )
 _CATALOG_COLUMNS = [
     "fingerprint", "class_name", "label", "unit_index", "prompt", "negative_prompt", "seed", "model_source",
-    "model_revision", "scheduler", "steps", "guidance", "width", "height", "path", "sha256",
+    "model_revision", "scheduler", "steps", "guidance", "width", "height", "path", "sha256", "bytes",
 ]
 # errno values that mean "this filesystem cannot hard-link here": copy instead.
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
@@ -177,6 +177,7 @@ def select(loaded: LoadedSpec, catalog: Catalog, include_rejected: bool = False)
     rejected = rejected_fingerprints(catalog)
     order = {name: i for i, name in enumerate(classes)}
     rows: list[tuple[tuple[int, int, str], ExportRow]] = []
+    sizes: dict[str, int | None] = {}
     skipped_rejected = skipped_obsolete = 0
     for r in images.to_pylist():
         fp, cls = r["fingerprint"], r["class_name"]
@@ -196,10 +197,19 @@ def select(loaded: LoadedSpec, catalog: Catalog, include_rejected: bool = False)
             model_revision=r["model_revision"], scheduler=r["scheduler"], steps=r["steps"], guidance=r["guidance"],
             width=r["width"], height=r["height"], sha256=r["sha256"], source=source, rejected=is_rejected,
         )
+        sizes[fp] = r["bytes"]
         rows.append(((order[cls], r["unit_index"] if r["unit_index"] is not None else -1, fp), row))
     rows.sort(key=lambda item: item[0])
     selected = tuple(row for _, row in rows)
     missing = [row for row in selected if not row.source.is_file()]
+    # A stat per image, no hashing: a file replaced by garbage or torn by a bad copy has another size.
+    damaged = [row for row in selected if row not in missing and sizes.get(row.fingerprint) is not None
+               and row.source.stat().st_size != sizes[row.fingerprint]]
+    if damaged:
+        shown = ", ".join(str(m.source) for m in damaged[:3]) + (f" and {len(damaged) - 3} more" if len(damaged) > 3 else "")
+        raise ExportError(f"{len(damaged)} catalog image{'s on disk differ' if len(damaged) != 1 else ' on disk differs'} from "
+                          f"{'their' if len(damaged) != 1 else 'its'} catalog row (another size): {shown}. Run `diffspec check {loaded.path} --repair` to set them "
+                          "aside so the next apply makes them again; nothing was exported")
     if missing:
         shown = ", ".join(str(m.source) for m in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise ExportError(f"{len(missing)} catalog image{'s are' if len(missing) != 1 else ' is'} missing on disk: {shown}. "

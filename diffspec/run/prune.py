@@ -64,5 +64,5 @@ def prune(plan: Plan, catalog: Catalog, dry_run: bool = False) -> PruneResult:
     if dry_run:
         return prune_locked(plan, catalog, "dry-run", dry_run=True)
     run_id = new_run_id()
-    with OutputLock(Path(plan.output), run_id):
+    with OutputLock(Path(plan.output), run_id, command="gc"):
         return prune_locked(plan, catalog, run_id)

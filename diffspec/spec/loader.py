@@ -31,6 +31,7 @@ from diffspec.spec.sources import (
     expand_classes_from,
     shown_path,
 )
+from diffspec.spec import weights
 from diffspec.spec.yamlio import Positions, load_yaml_file
 
 __all__ = [
@@ -92,10 +93,11 @@ def load_spec(path: str | Path, profile: str | None = None) -> LoadedSpec:
         if partial is not None:  # the semantic problems of the valid rest, in the same run
             resolve(partial[0], root, positions, problems, broken_models=partial[1])
         raise SpecError(collapse_template_problems(problems, made)) from None
-    classes = resolve(spec, root, positions, problems)
+    output = (root / spec.output).resolve()
+    classes = resolve(spec, root, positions, problems, output=output)
+    problems.extend(weights.model_problems(spec, root, positions))
     if problems:
         raise SpecError(collapse_template_problems(problems, made))
-    output = (root / spec.output).resolve()
     if output == root or root.is_relative_to(output):
         raise SpecError([Problem(positions.at(("output",)), f"output {spec.output!r} would hold the spec's own folder; choose a subfolder such as data/{spec.dataset}")])
     content = {

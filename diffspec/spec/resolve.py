@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from diffspec.errors import GenerationError, Problem
+from diffspec.spec import paths
 from diffspec.spec.availability import check_available
 from diffspec.spec.errors_map import _message
 from diffspec.spec.model import PARAM_NAMES, ClassSpec, Defaults, GenParams, Spec
@@ -144,7 +145,7 @@ def check_family_mode(spec: Spec, name: str, params: ResolvedParams, cls: ClassS
 
 
 def resolve(spec: Spec, root: Path, positions: Positions, problems: list[Problem],
-            broken_models: frozenset[str] = frozenset()) -> dict[str, ResolvedClass]:
+            broken_models: frozenset[str] = frozenset(), output: Path | None = None) -> dict[str, ResolvedClass]:
     """Check what pydantic cannot and resolve every class; problems are appended, not raised.
 
     `broken_models` are models that failed validation (when checking a partly valid spec):
@@ -198,6 +199,9 @@ def resolve(spec: Spec, root: Path, positions: Positions, problems: list[Problem
             if not folder.is_dir():
                 problems.append(Problem(positions.at(cpath + ("existing",)), f"folder not found: {cls.existing} (resolved to {shown_path(folder)})"))
                 existing_count = 0
+            elif output is not None and (overlap := paths.existing_problem(folder, cls.existing, output, positions.at(cpath + ("existing",)))):
+                problems.append(overlap)
+                existing_count = 0
             else:
                 existing_count = count_images(folder)
             target = max(0, cls.fill_to - existing_count)
@@ -206,7 +210,7 @@ def resolve(spec: Spec, root: Path, positions: Positions, problems: list[Problem
         if cls.seeds is not None and target > len(cls.seeds):
             count = len(cls.seeds)
             problems.append(Problem(positions.at(cpath + ("seeds",)), f"class {name!r} asks for {target} images but lists only {count} seed{'s' if count != 1 else ''}"))
-        inputs = resolve_inputs(cls, root, cpath, positions, problems, hashes)
+        inputs = resolve_inputs(cls, root, cpath, positions, problems, hashes, output)
         if len(problems) > before or params is None or not all(
                 isinstance(m, str) and m in model_params for m in cls.sweep.get("model", ())):
             continue

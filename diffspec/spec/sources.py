@@ -18,6 +18,7 @@ from typing import Any
 
 from diffspec.content import default_cache
 from diffspec.errors import Position, Problem
+from diffspec.spec import paths
 from diffspec.spec.model import ClassSpec, FileValues
 from diffspec.spec.resolved import InputFile
 from diffspec.spec.suggest import did_you_mean
@@ -37,7 +38,10 @@ def shown_path(path: Path) -> str:
 
 
 def read_values(fv: FileValues, root: Path, where: Position | None, problems: list[Problem]) -> tuple[str, ...]:
-    path = (root / fv.file).resolve()
+    checked = paths.readable_file(root, fv.file, "file", where, problems)
+    if checked is None:
+        return ()
+    path = checked
     if not path.is_file():
         problems.append(Problem(where, f"file not found: {fv.file} (looked in {shown_path(path.parent)})"))
         return ()
@@ -103,7 +107,10 @@ def expand_classes_from(data: dict[str, Any], positions: Positions, root: Path, 
     template = source.get("template")
     if not isinstance(file, str) or not isinstance(template, dict):
         return made  # pydantic reports the shape
-    path = (root / file).resolve()
+    checked = paths.readable_file(root, file, "classes_from.file", where, problems)
+    if checked is None:
+        return made
+    path = checked
     if not path.is_file():
         problems.append(Problem(where, f"file not found: {file}"))
         return made
@@ -198,11 +205,16 @@ def sha256_file(path: Path, cache: dict[str, str]) -> str:
     return cache[key]
 
 
-def expand_globs(patterns: str | list[str], root: Path) -> list[Path]:
+def expand_globs(patterns: str | list[str], root: Path, where: Position | None = None,
+                 problems: list[Problem] | None = None, output: Path | None = None) -> list[Path]:
     found: list[Path] = []
+    problems = problems if problems is not None else []
     for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        if not paths.glob_allowed(root, pattern, "input glob", where, problems):
+            continue
         matches = sorted(glob.glob(str(root / pattern), recursive=True))
-        found.extend(Path(m).resolve() for m in matches if Path(m).is_file())
+        found.extend(paths.matches_allowed(root, [Path(m).resolve() for m in matches if Path(m).is_file()],
+                                           output, "input glob", pattern, where, problems))
     seen: set[Path] = set()
     return [p for p in found if not (p in seen or seen.add(p))]
 
@@ -212,16 +224,22 @@ def count_images(folder: Path) -> int:
 
 
 def resolve_inputs(cls: ClassSpec, root: Path, cpath: PathT, positions: Positions, problems: list[Problem],
-                    cache: dict[str, str]) -> tuple[InputFile, ...]:
+                   cache: dict[str, str], output: Path | None = None) -> tuple[InputFile, ...]:
     if cls.input is None:
         return ()
-    images = [p for p in expand_globs(cls.input.images, root) if p.suffix.lower() in IMAGE_SUFFIXES]
+    before = len(problems)
+    images = [p for p in expand_globs(cls.input.images, root, positions.at(cpath + ("input", "images")), problems, output)
+              if p.suffix.lower() in IMAGE_SUFFIXES]
+    if len(problems) > before:
+        return ()
     if not images:
         problems.append(Problem(positions.at(cpath + ("input", "images")), f"no image files match {cls.input.images!r} (relative to {shown_path(root)})"))
         return ()
     masks_by_stem: dict[str, Path] = {}
     if cls.input.masks is not None:
-        masks = expand_globs(cls.input.masks, root)
+        masks = expand_globs(cls.input.masks, root, positions.at(cpath + ("input", "masks")), problems, output)
+        if len(problems) > before:
+            return ()
         masks_by_stem = {m.stem: m for m in masks}
         if not masks:
             problems.append(Problem(positions.at(cpath + ("input", "masks")), f"no mask files match {cls.input.masks!r}"))

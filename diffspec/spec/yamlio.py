@@ -79,7 +79,7 @@ def _tag_of(node: Any) -> str | None:
 
 # Aliases are expanded into plain data: cap the result so that nested aliases ("billion
 # laughs") cannot exhaust memory.
-MAX_NODES = 500_000
+MAX_NODES = 200_000
 
 
 def _to_plain(node: Any, path: PathT, positions: Positions, problems: list[Problem], budget: list[int] | None = None) -> Any:
@@ -208,9 +208,29 @@ def _first_bad_tag(yaml: Any, text: str, file: str) -> tuple[Position, str | Non
     return None
 
 
+MAX_SPEC_BYTES = 16 * 1024 * 1024  # a spec is text someone wrote; this bounds memory and time
+
+
+def _read_spec_text(path: Path) -> str:
+    """The file's text, refusing what is not a regular file (a folder, /dev/zero, a FIFO)
+    and anything bigger than MAX_SPEC_BYTES, before reading it."""
+    import stat
+
+    st = path.stat()
+    if stat.S_ISDIR(st.st_mode):
+        raise SpecError([Problem(None, f"{path} is a folder, not a spec file")])
+    if not stat.S_ISREG(st.st_mode):
+        raise SpecError([Problem(None, f"{path} is not a regular file (a device, pipe or socket), not a spec file")])
+    with path.open("rb") as fh:
+        data = fh.read(MAX_SPEC_BYTES + 1)
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError([Problem(None, f"{path} is larger than {MAX_SPEC_BYTES // (1024 * 1024)} MB: not a spec file")])
+    return data.decode("utf-8")
+
+
 def load_yaml_file(path: Path) -> tuple[Any, Positions]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_spec_text(path)
     except FileNotFoundError:
         raise SpecError([Problem(None, f"spec file not found: {path}")]) from None
     except UnicodeDecodeError as exc:
