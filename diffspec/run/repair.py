@@ -26,6 +26,7 @@ from typing import Any
 
 from diffspec.catalog.check import DAMAGED_IMAGE, DAMAGED_PART, MISSING_IMAGE, Damage, Scan, quarantine, scan
 from diffspec.catalog.lock import OutputLock
+from diffspec.catalog.records import ImageRecord
 from diffspec.catalog.store import Catalog, new_run_id
 from diffspec.spec.loader import LoadedSpec
 
@@ -68,12 +69,13 @@ def _adopt(loaded: LoadedSpec, catalog: Catalog, run_id: str, write: bool) -> in
         return 0
     labels = {name: u.label for name, u in plan.units.items()}
     writer = ImageWriter(catalog.output, run_id, plan.dataset, labels, "unknown")
-    rows: list[dict[str, Any]] = []
+    rows: list[ImageRecord] = []
 
-    def record(batch: list[dict[str, Any]]) -> None:
+    def record(batch: list[ImageRecord]) -> list[ImageRecord]:
         rows.extend(batch)
         if write:
             catalog.append_images(batch, run_id)
+        return batch
 
     return len(adopt_orphans(units, catalog.output, writer, record))
 

@@ -35,12 +35,13 @@ HOLDER_SCRIPT = r"""
 import sys, time
 from pathlib import Path
 from diffspec.catalog.lock import OutputLock
+from diffspec.catalog.records import ImageRecord
 from diffspec.catalog.store import Catalog
 output, churn = Path(sys.argv[1]), sys.argv[2] == "churn"
 lock = OutputLock(output, "holder-run").acquire()
 print("locked", flush=True)
 cat = Catalog(output)
-rows = cat.live_images().to_pylist()
+rows = [ImageRecord(**{**r, "classes": tuple(r["classes"] or ())}) for r in cat.live_images().to_pylist()]
 n = 0
 while True:
     if churn:
