@@ -185,6 +185,12 @@ def apply(
                              progress=not quiet and not as_json, console=err)
 
     result = _run(go)
+    # The run is over and recorded: a late second Ctrl-C must not cut the summary that says how
+    # to resume (or end the process with another code than the run's).
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
     else:

@@ -64,7 +64,7 @@ def test_a_second_signal_stops_at_once_without_corruption(tmp_path: Path, signum
     time.sleep(0.05)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, (out, err)
+    assert proc.returncode == 130, (proc.returncode, out, err)
     assert "Traceback" not in out + err
     assert f"diffspec apply {spec}" in out + err, "the message says how to resume"
     output = Project(spec).output
