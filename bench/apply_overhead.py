@@ -24,7 +24,6 @@ largest per-pixel difference between batch size 1 and batch size 8.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -40,11 +39,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
-def write_spec(folder: Path, model: Path, images: int, batch: int, size: int, steps: int, output: str,
-               workers: int = 1) -> Path:
+def write_spec(
+    folder: Path, model: Path, images: int, batch: int, size: int, steps: int, output: str, workers: int = 1
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     spec = folder / f"{output}.yaml"
-    spec.write_text(textwrap.dedent(f"""\
+    spec.write_text(
+        textwrap.dedent(f"""\
         version: 1
         dataset: overhead
         output: {output}
@@ -54,7 +55,9 @@ def write_spec(folder: Path, model: Path, images: int, batch: int, size: int, st
         budget: {{devices: cpu, max_batch: {batch}, workers: {workers}}}
         classes:
           things: {{target: {images}, prompt: "a photo of a {{thing}}", vars: {{thing: [cat, dog, car, tree]}}}}
-        """), encoding="utf-8")
+        """),
+        encoding="utf-8",
+    )
     return spec
 
 
@@ -92,8 +95,15 @@ def way_b(model: Path, units: list, steps: int, size: int, folder: Path) -> floa
     t0 = time.perf_counter()
     pipe = load_pipe(model)
     for u in units:
-        image = pipe(u.prompt, negative_prompt=u.negative, num_inference_steps=steps, guidance_scale=7.5,
-                     height=size, width=size, generator=torch.Generator().manual_seed(u.seed)).images[0]
+        image = pipe(
+            u.prompt,
+            negative_prompt=u.negative,
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            height=size,
+            width=size,
+            generator=torch.Generator().manual_seed(u.seed),
+        ).images[0]
         image.save(folder / f"{u.fingerprint}.png")
     return time.perf_counter() - t0
 
@@ -105,10 +115,16 @@ def way_c(model: Path, units: list, steps: int, size: int, batch: int) -> tuple[
     pipe = load_pipe(model)
     t1 = time.perf_counter()
     for i in range(0, len(units), batch):
-        chunk = units[i:i + batch]
-        pipe([u.prompt for u in chunk], negative_prompt=[u.negative for u in chunk], num_inference_steps=steps,
-             guidance_scale=7.5, height=size, width=size,
-             generator=[torch.Generator().manual_seed(u.seed) for u in chunk]).images
+        chunk = units[i : i + batch]
+        pipe(
+            [u.prompt for u in chunk],
+            negative_prompt=[u.negative for u in chunk],
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            height=size,
+            width=size,
+            generator=[torch.Generator().manual_seed(u.seed) for u in chunk],
+        ).images
     end = time.perf_counter()
     CPU["c"].append(time.process_time() - p0)
     return end - t0, end - t1
@@ -150,8 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-workers", action="store_true", help="skip (d), two worker processes")
     parser.add_argument("--no-determinism", action="store_true", help="skip the batch 1 vs 8 comparison")
     parser.add_argument("--profile", action="store_true", help="cProfile one run of (a) and print the top")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for (a), (b), (c) (default: torch's, all cores); (d) always splits the cores")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for (a), (b), (c) (default: torch's, all cores); (d) always splits the cores",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -170,9 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(Project(spec).output, ignore_errors=True)
     units = sorted(Project(spec).plan().units_to_create(), key=lambda u: u.index)
     assert len(units) == args.images, len(units)
-    print(f"{len(units)} images {args.size}x{args.size}, DDIM {args.steps} steps, CFG, batch {args.batch}, "
-          f"CPU {torch.get_num_threads()} threads, {args.repeats} rounds; work dir {work}", flush=True)
-    way_c(model, units[:args.batch], args.steps, args.size, args.batch)  # warm caches once
+    print(
+        f"{len(units)} images {args.size}x{args.size}, DDIM {args.steps} steps, CFG, batch {args.batch}, "
+        f"CPU {torch.get_num_threads()} threads, {args.repeats} rounds; work dir {work}",
+        flush=True,
+    )
+    way_c(model, units[: args.batch], args.steps, args.size, args.batch)  # warm caches once
     CPU["c"].clear()
 
     if args.profile:
@@ -186,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
     a_times, b_times, c_times, c_gen = [], [], [], []
+
     def run_a() -> None:
         a_times.append(way_a(spec)[0])
 
@@ -199,18 +223,25 @@ def main(argv: list[str] | None = None) -> int:
 
     ways = [run_a, run_b, run_c]
     for r in range(args.repeats):
-        for way in ways[r % 3:] + ways[:r % 3]:  # rotate the order: no way always runs first or last
+        for way in ways[r % 3 :] + ways[: r % 3]:  # rotate the order: no way always runs first or last
             way()
-        print(f"  round {r + 1}: a {a_times[-1]:.2f}s  b {b_times[-1]:.2f}s  c {c_times[-1]:.2f}s "
-              f"(c without load {c_gen[-1]:.2f}s)", flush=True)
+        print(
+            f"  round {r + 1}: a {a_times[-1]:.2f}s  b {b_times[-1]:.2f}s  c {c_times[-1]:.2f}s "
+            f"(c without load {c_gen[-1]:.2f}s)",
+            flush=True,
+        )
     a, b, c = min(a_times), min(b_times), min(c_times)
     print(f"(a) diffspec apply          {a:7.2f}s  {len(units) / a:6.1f} images/s")
     print(f"(b) one call per image+save {b:7.2f}s  {len(units) / b:6.1f} images/s")
-    print(f"(c) batched loop, no I/O    {c:7.2f}s  {len(units) / c:6.1f} images/s  (pipeline load excluded: {min(c_gen):.2f}s)")
+    print(
+        f"(c) batched loop, no I/O    {c:7.2f}s  {len(units) / c:6.1f} images/s  (pipeline load excluded: {min(c_gen):.2f}s)"
+    )
     ok_c, ok_b = a <= 1.10 * c, a <= 0.80 * b
     cpu_a, cpu_c = min(CPU["a"]), min(CPU["c"])
-    print(f"CPU seconds of this process: (a) {cpu_a:.2f}  (c) {cpu_c:.2f}  ratio {cpu_a / cpu_c:.3f} "
-          "(less sensitive than wall time to other jobs on a shared machine)")
+    print(
+        f"CPU seconds of this process: (a) {cpu_a:.2f}  (c) {cpu_c:.2f}  ratio {cpu_a / cpu_c:.3f} "
+        "(less sensitive than wall time to other jobs on a shared machine)"
+    )
     print(f"a / c = {a / c:.3f}  (target <= 1.10: {'met' if ok_c else 'MISSED'})")
     print(f"a / b = {a / b:.3f}  (target <= 0.80: {'met' if ok_b else 'MISSED'})")
     base = hashes(Project(spec).output)
@@ -230,15 +261,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  (a) again with 2 threads: {a2:.2f}s", flush=True)
         else:
             a2 = a
-        print(f"(d) 2 worker processes      {d:7.2f}s  {len(units) / d:6.1f} images/s  vs (a) 1 worker x 2 threads {a2:.2f}s: "
-              f"d / a = {d / a2:.3f} ({'not slower' if d <= a2 else 'SLOWER'}); identical rows: {same}")
+        print(
+            f"(d) 2 worker processes      {d:7.2f}s  {len(units) / d:6.1f} images/s  vs (a) 1 worker x 2 threads {a2:.2f}s: "
+            f"d / a = {d / a2:.3f} ({'not slower' if d <= a2 else 'SLOWER'}); identical rows: {same}"
+        )
 
     if not args.no_determinism:
         spec1 = write_spec(work, model, args.images, 1, args.size, args.steps, "out-batch1")
         way_a(spec1)
         worst, differing, total, images = pixel_difference(Project(spec1).output, Project(spec).output)
-        print(f"batch 1 vs batch {args.batch}: largest per-pixel difference {worst}/255; {differing} of {total} "
-              f"channel values differ ({100 * differing / total:.4f}%), in {images} of {len(units)} images")
+        print(
+            f"batch 1 vs batch {args.batch}: largest per-pixel difference {worst}/255; {differing} of {total} "
+            f"channel values differ ({100 * differing / total:.4f}%), in {images} of {len(units)} images"
+        )
     return 0 if (ok_c and ok_b) else 1
 
 

@@ -49,9 +49,12 @@ class Drill:
         repair = self.cli("check", self.spec, "--repair")
         again = self.cli("apply", self.spec, "-q")
         a = audit(self.output)
-        return {"lost": max(0, expected_rows - a["rows"]) + int(repair.rc != 0 or again.rc != 0),
-                "duplicated": a["duplicated"] + max(0, a["rows"] - expected_rows),
-                "corrupt": a["corrupt"] + a["temp_files"], "tracebacks": sum(r.traceback for r in self.ran)}
+        return {
+            "lost": max(0, expected_rows - a["rows"]) + int(repair.rc != 0 or again.rc != 0),
+            "duplicated": a["duplicated"] + max(0, a["rows"] - expected_rows),
+            "corrupt": a["corrupt"] + a["temp_files"],
+            "tracebacks": sum(r.traceback for r in self.ran),
+        }
 
 
 def _image_part(output: Path) -> Path:
@@ -75,7 +78,7 @@ def truncated_part(d: Drill) -> dict[str, int]:
 def garbage_part(d: Drill) -> dict[str, int]:
     part = _image_part(d.output)
     data = bytearray(part.read_bytes())
-    data[len(data) // 3: len(data) // 3 + 64] = b"\x5a" * 64
+    data[len(data) // 3 : len(data) // 3 + 64] = b"\x5a" * 64
     part.write_bytes(bytes(data))
     _readers_refuse(d)
     return d.finish()
@@ -100,15 +103,19 @@ def garbage_image(d: Drill) -> dict[str, int]:
 
 
 def two_applies(d: Drill) -> dict[str, int]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER_SCRIPT, str(d.output), "churn"], stdout=subprocess.PIPE,
-                            text=True, env=env())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER_SCRIPT, str(d.output), "churn"], stdout=subprocess.PIPE, text=True, env=env()
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
     try:
         more = d.spec.parent / "more.yaml"
         more.write_text(d.spec.read_text().replace("target: 6", "target: 8"))
         refused = [d.cli("apply", more, "-q"), d.cli("gc", d.spec)]
-        readers = [d.cli("query", "SELECT count(*) AS n FROM images", "--spec", d.spec, "--format", "json"),
-                   d.cli("status", d.spec), d.cli("export", d.spec, d.spec.parent / "exported")]
+        readers = [
+            d.cli("query", "SELECT count(*) AS n FROM images", "--spec", d.spec, "--format", "json"),
+            d.cli("status", d.spec),
+            d.cli("export", d.spec, d.spec.parent / "exported"),
+        ]
     finally:
         proc.send_signal(signal.SIGKILL)  # and a holder killed with SIGKILL leaves a stale lock
         proc.wait(timeout=30)
@@ -133,7 +140,12 @@ def hostile_spec(d: Drill) -> dict[str, int]:
         path.write_text(d.spec.read_text().split("classes:")[0] + "classes:\n  " + body + "\n")
         ran = d.cli("validate", path)
         accepted += ran.rc != 1
-    for sql in ("COPY images TO '/tmp/leak.csv'", "SELECT * FROM read_csv('/etc/passwd')", "ATTACH 'x.db'", "SELECT 1; SELECT 2"):
+    for sql in (
+        "COPY images TO '/tmp/leak.csv'",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "ATTACH 'x.db'",
+        "SELECT 1; SELECT 2",
+    ):
         accepted += d.cli("query", sql, "--spec", d.spec).rc != 1
     out = d.finish()
     out["lost"] += accepted  # a hostile input accepted counts against the drill
@@ -172,7 +184,6 @@ def disk_full(d: Drill) -> dict[str, int]:
 
 def interrupts(d: Drill) -> dict[str, int]:
     """SIGINT, then SIGTERM, then two SIGTERMs in a row, each mid-run; then the run completes."""
-    import os
     import time
 
     spec = _bigger(d, 200)
@@ -180,9 +191,13 @@ def interrupts(d: Drill) -> dict[str, int]:
     wrong = 0
     for signals in ([signal.SIGINT], [signal.SIGTERM], [signal.SIGTERM, signal.SIGTERM]):
         start = len(counter.read_text().split()) if counter.exists() else 0
-        proc = subprocess.Popen([sys.executable, "-m", "diffspec.cli", "apply", str(spec), "-q"], text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env={**env(), "DIFFSPEC_WRITE_COUNTER": str(counter)})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "diffspec.cli", "apply", str(spec), "-q"],
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**env(), "DIFFSPEC_WRITE_COUNTER": str(counter)},
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             if counter.exists() and len(counter.read_text().split()) >= start + 24:
@@ -243,7 +258,9 @@ def main() -> int:
                 rows.append((name, f"skipped: {skipped}", "", "", "", ""))
                 continue
             ok = ok and not any(total.values())
-            rows.append((name, str(args.runs), *(str(total[k]) for k in ("lost", "duplicated", "corrupt", "tracebacks"))))
+            rows.append(
+                (name, str(args.runs), *(str(total[k]) for k in ("lost", "duplicated", "corrupt", "tracebacks")))
+            )
             shutil.rmtree(Path(tmp) / f"d{n}", ignore_errors=True)
     header = ("fault", "runs", "rows lost", "rows duplicated", "corrupt files", "tracebacks")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

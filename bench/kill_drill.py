@@ -40,7 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def write_spec(folder: Path, model: Path, units: int, batch: int, size: int, steps: int, workers: int) -> Path:
     spec = folder / "spec.yaml"
-    spec.write_text(textwrap.dedent(f"""\
+    spec.write_text(
+        textwrap.dedent(f"""\
         version: 1
         dataset: kill-drill
         output: out
@@ -51,7 +52,9 @@ def write_spec(folder: Path, model: Path, units: int, batch: int, size: int, ste
         classes:
           cats: {{target: {units - units // 2}, prompt: "a photo of a {{animal}}", vars: {{animal: [cat, kitten]}}}}
           dogs: {{target: {units // 2}, prompt: "a photo of a dog, {{light}}", vars: {{light: [daylight, studio light]}}}}
-        """), encoding="utf-8")
+        """),
+        encoding="utf-8",
+    )
     return spec
 
 
@@ -64,8 +67,13 @@ def _lines(path: Path) -> int:
 
 
 def _start(spec: Path, env: dict[str, str], log: Any) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "diffspec.cli", "apply", str(spec), "-q"],
-                            cwd=spec.parent, env=env, stdout=log, stderr=log)
+    return subprocess.Popen(
+        [sys.executable, "-m", "diffspec.cli", "apply", str(spec), "-q"],
+        cwd=spec.parent,
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
 
 
 def audit(output: Path) -> dict[str, Any]:
@@ -85,16 +93,33 @@ def audit(output: Path) -> dict[str, Any]:
             mismatched.append(r["path"])
     temps = [str(p.relative_to(output)) for p in output.rglob("*") if ".tmp-" in p.name]
     files = sum(1 for _ in (output / "images").rglob("*.png"))
-    return {"rows": len(raw), "unique_fingerprints": len(set(fps)), "missing_files": missing,
-            "sha_mismatch": mismatched, "temp_files": temps, "png_files": files,
-            "runs": len({r["run_id"] for r in cat.runs()}),
-            "finished_runs": sum(1 for r in cat.runs() if r["phase"] == "finished"),
-            "parts": len(cat.parts("images"))}
+    return {
+        "rows": len(raw),
+        "unique_fingerprints": len(set(fps)),
+        "missing_files": missing,
+        "sha_mismatch": mismatched,
+        "temp_files": temps,
+        "png_files": files,
+        "runs": len({r["run_id"] for r in cat.runs()}),
+        "finished_runs": sum(1 for r in cat.runs() if r["phase"] == "finished"),
+        "parts": len(cat.parts("images")),
+    }
 
 
-def run_drill(workdir: Path, *, units: int = 240, kills: int = 12, batch: int = 8, size: int = 64, steps: int = 20,
-              workers: int = 1, seed: int = 0, after_write: tuple[float, float] = (0.0, 2.0),
-              model: Path | None = None, verbose: bool = True) -> dict[str, Any]:
+def run_drill(
+    workdir: Path,
+    *,
+    units: int = 240,
+    kills: int = 12,
+    batch: int = 8,
+    size: int = 64,
+    steps: int = 20,
+    workers: int = 1,
+    seed: int = 0,
+    after_write: tuple[float, float] = (0.0, 2.0),
+    model: Path | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
     from diffspec.project import Project
 
     rng = random.Random(seed)
@@ -107,8 +132,14 @@ def run_drill(workdir: Path, *, units: int = 240, kills: int = 12, batch: int = 
     planned = Project(spec).plan().total_create
     counter = workdir / "writes.txt"
     counter.unlink(missing_ok=True)
-    env = {**os.environ, "DIFFSPEC_WRITE_COUNTER": str(counter), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
+    env = {
+        **os.environ,
+        "DIFFSPEC_WRITE_COUNTER": str(counter),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "DIFFUSERS_VERBOSITY": "error",
+        "PYTHONWARNINGS": "ignore",
+    }
     log = (workdir / "apply.log").open("ab")
     done_kills, moments, finished_early = 0, [], False
     first_write: list[float] = []
@@ -143,10 +174,18 @@ def run_drill(workdir: Path, *, units: int = 240, kills: int = 12, batch: int = 
         moment = time.perf_counter() - t0
         moments.append(round(moment, 2))
         if verbose:
-            print(f"  kill {done_kills:2d} at {moment:5.2f}s ({'start-up' if startup_kill else 'while writing'}): "
-                  f"{_lines(counter)} image writes so far", flush=True)
-    final = subprocess.run([sys.executable, "-m", "diffspec.cli", "apply", str(spec), "-q", "--json"],
-                           cwd=spec.parent, env=env, capture_output=True, text=True)
+            print(
+                f"  kill {done_kills:2d} at {moment:5.2f}s ({'start-up' if startup_kill else 'while writing'}): "
+                f"{_lines(counter)} image writes so far",
+                flush=True,
+            )
+    final = subprocess.run(
+        [sys.executable, "-m", "diffspec.cli", "apply", str(spec), "-q", "--json"],
+        cwd=spec.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     total_seconds = time.perf_counter() - t_start
     log.close()
     if final.returncode != 0:
@@ -156,16 +195,31 @@ def run_drill(workdir: Path, *, units: int = 240, kills: int = 12, batch: int = 
     figures = audit(output)
     writes = _lines(counter)
     bound = planned + done_kills * batch
-    figures.update({
-        "planned": planned, "kills": done_kills, "kill_moments_s": moments, "batch_size": batch, "workers": workers,
-        "image_writes": writes, "write_bound": bound, "wasted_writes": writes - planned,
-        "final_run_made": summary["made"], "left_to_make": Project(spec).plan().total_create,
-        "seconds": round(total_seconds, 1), "finished_before_all_kills": finished_early,
-    })
+    figures.update(
+        {
+            "planned": planned,
+            "kills": done_kills,
+            "kill_moments_s": moments,
+            "batch_size": batch,
+            "workers": workers,
+            "image_writes": writes,
+            "write_bound": bound,
+            "wasted_writes": writes - planned,
+            "final_run_made": summary["made"],
+            "left_to_make": Project(spec).plan().total_create,
+            "seconds": round(total_seconds, 1),
+            "finished_before_all_kills": finished_early,
+        }
+    )
     figures["ok"] = (
-        figures["rows"] == planned and figures["unique_fingerprints"] == planned and not figures["missing_files"]
-        and not figures["sha_mismatch"] and not figures["temp_files"] and writes <= bound
-        and figures["left_to_make"] == 0 and figures["png_files"] == planned
+        figures["rows"] == planned
+        and figures["unique_fingerprints"] == planned
+        and not figures["missing_files"]
+        and not figures["sha_mismatch"]
+        and not figures["temp_files"]
+        and writes <= bound
+        and figures["left_to_make"] == 0
+        and figures["png_files"] == planned
     )
     return figures
 
@@ -182,17 +236,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="diffspec-kill-drill-"))
-    print(f"kill drill in {workdir}: {args.units} units, {args.kills} kills, batch {args.batch}, "
-          f"{args.size}x{args.size}, {args.steps} steps, {args.workers} worker(s)", flush=True)
-    f = run_drill(workdir, units=args.units, kills=args.kills, batch=args.batch, size=args.size, steps=args.steps,
-                  workers=args.workers, seed=args.seed)
+    print(
+        f"kill drill in {workdir}: {args.units} units, {args.kills} kills, batch {args.batch}, "
+        f"{args.size}x{args.size}, {args.steps} steps, {args.workers} worker(s)",
+        flush=True,
+    )
+    f = run_drill(
+        workdir,
+        units=args.units,
+        kills=args.kills,
+        batch=args.batch,
+        size=args.size,
+        steps=args.steps,
+        workers=args.workers,
+        seed=args.seed,
+    )
     print(f"planned {f['planned']}  kills {f['kills']}  runs {f['runs']}  time {f['seconds']}s")
-    print(f"rows {f['rows']}  unique fingerprints {f['unique_fingerprints']}  png files {f['png_files']}  "
-          f"catalog parts {f['parts']}")
-    print(f"missing files {len(f['missing_files'])}  sha256 mismatches {len(f['sha_mismatch'])}  "
-          f"temp files left {len(f['temp_files'])}  left to make {f['left_to_make']}")
-    print(f"image writes {f['image_writes']} <= bound planned + kills x batch = {f['write_bound']}  "
-          f"(wasted {f['wasted_writes']}, {f['wasted_writes'] / max(1, f['kills']):.1f} per kill)")
+    print(
+        f"rows {f['rows']}  unique fingerprints {f['unique_fingerprints']}  png files {f['png_files']}  "
+        f"catalog parts {f['parts']}"
+    )
+    print(
+        f"missing files {len(f['missing_files'])}  sha256 mismatches {len(f['sha_mismatch'])}  "
+        f"temp files left {len(f['temp_files'])}  left to make {f['left_to_make']}"
+    )
+    print(
+        f"image writes {f['image_writes']} <= bound planned + kills x batch = {f['write_bound']}  "
+        f"(wasted {f['wasted_writes']}, {f['wasted_writes'] / max(1, f['kills']):.1f} per kill)"
+    )
     print("OK" if f["ok"] else "FAILED")
     return 0 if f["ok"] else 1
 

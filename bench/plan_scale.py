@@ -58,8 +58,10 @@ def setup(folder: Path, units: int) -> None:
     from diffspec.spec.loader import load_spec
 
     per_class = units // CLASSES
-    lines = [f"  class_{i:03d}: {{target: {per_class}, prompt: \"a photo of food {i}, {{lighting}}, {{angle}}\"}}"
-             for i in range(CLASSES)]
+    lines = [
+        f'  class_{i:03d}: {{target: {per_class}, prompt: "a photo of food {i}, {{lighting}}, {{angle}}"}}'
+        for i in range(CLASSES)
+    ]
     spec_path = folder / "scale.yaml"
     spec_path.write_text(SPEC.format(classes="\n".join(lines)))
     loaded = load_spec(spec_path)
@@ -68,20 +70,24 @@ def setup(folder: Path, units: int) -> None:
     now = datetime.now(timezone.utc)
     for name, class_units in first.units.items():
         n = len(class_units)
-        table = pa.table({
-            "fingerprint": class_units.fingerprints,
-            "dataset": ["scale"] * n,
-            "class_name": [name] * n,
-            "path": [f"images/{name}/{fp}.png" for fp in class_units.fingerprints],
-            "model_source": ["runwayml/stable-diffusion-v1-5"] * n,
-            "width": pa.array([512] * n, pa.int32()),
-            "height": pa.array([512] * n, pa.int32()),
-            "steps": pa.array([30] * n, pa.int32()),
-            "seconds": [1.0] * n,
-            "created_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
-        })
-        full = pa.table({f.name: table.column(f.name) if f.name in table.column_names else pa.nulls(n, f.type)
-                         for f in IMAGES}, schema=IMAGES)
+        table = pa.table(
+            {
+                "fingerprint": class_units.fingerprints,
+                "dataset": ["scale"] * n,
+                "class_name": [name] * n,
+                "path": [f"images/{name}/{fp}.png" for fp in class_units.fingerprints],
+                "model_source": ["runwayml/stable-diffusion-v1-5"] * n,
+                "width": pa.array([512] * n, pa.int32()),
+                "height": pa.array([512] * n, pa.int32()),
+                "steps": pa.array([30] * n, pa.int32()),
+                "seconds": [1.0] * n,
+                "created_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+            }
+        )
+        full = pa.table(
+            {f.name: table.column(f.name) if f.name in table.column_names else pa.nulls(n, f.type) for f in IMAGES},
+            schema=IMAGES,
+        )
         catalog._write_part(catalog.table_dir("images"), full, "bench", tag=name)
     (folder / "total.txt").write_text(str(sum(len(u) for u in first.units.values())))
 
@@ -127,8 +133,9 @@ def plan(folder: Path) -> dict[str, float]:
 
 
 def child(mode: str, folder: Path) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, f"--{mode}", str(folder)], capture_output=True, text=True,
-                         cwd=folder, check=False)
+    out = subprocess.run(
+        [sys.executable, __file__, f"--{mode}", str(folder)], capture_output=True, text=True, cwd=folder, check=False
+    )
     if out.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -159,8 +166,13 @@ def main() -> int:
     for size in sizes:
         with tempfile.TemporaryDirectory(prefix="diffspec-plan-scale-") as tmp:
             folder = Path(tmp)
-            out = subprocess.run([sys.executable, __file__, "--setup", str(folder), "--units", str(size)],
-                                 capture_output=True, text=True, cwd=folder, check=False)
+            out = subprocess.run(
+                [sys.executable, __file__, "--setup", str(folder), "--units", str(size)],
+                capture_output=True,
+                text=True,
+                cwd=folder,
+                check=False,
+            )
             if out.returncode != 0:
                 raise SystemExit(f"setup failed:\n{out.stderr}")
             plans, floors, rss = [], [], []
@@ -169,23 +181,34 @@ def main() -> int:
                 p = child("plan", folder)
                 plans.append(p["plan"])
                 rss.append(p["rss"])
-            row = {"units": size, "plan": statistics.median(plans), "floor": statistics.median(floors),
-                   "rss": statistics.median(rss)}
+            row = {
+                "units": size,
+                "plan": statistics.median(plans),
+                "floor": statistics.median(floors),
+                "rss": statistics.median(rss),
+            }
             row["ratio"] = row["plan"] / row["floor"]
             rows.append(row)
-            print(f"{size:>10,} units: plan {row['plan']:.2f}s (rounds {', '.join(f'{p:.2f}' for p in plans)}), "
-                  f"floor {row['floor']:.2f}s, ratio {row['ratio']:.2f}, peak RSS {row['rss']:.0f} MiB", flush=True)
+            print(
+                f"{size:>10,} units: plan {row['plan']:.2f}s (rounds {', '.join(f'{p:.2f}' for p in plans)}), "
+                f"floor {row['floor']:.2f}s, ratio {row['ratio']:.2f}, peak RSS {row['rss']:.0f} MiB",
+                flush=True,
+            )
     base = rows[0]
     print(f"\n{'units':>10}  {'plan s':>7}  {'floor s':>7}  {'ratio':>5}  {'peak RSS MiB':>12}  {'growth':>6}")
     ok = True
     for row in rows:
         growth = (row["plan"] / row["units"]) / (base["plan"] / base["units"])
-        print(f"{row['units']:>10,}  {row['plan']:>7.2f}  {row['floor']:>7.2f}  {row['ratio']:>5.2f}  {row['rss']:>12.0f}  "
-              f"{growth:>6.2f}")
+        print(
+            f"{row['units']:>10,}  {row['plan']:>7.2f}  {row['floor']:>7.2f}  {row['ratio']:>5.2f}  {row['rss']:>12.0f}  "
+            f"{growth:>6.2f}"
+        )
         if row["units"] == 1_000_000:
             ok = ok and row["ratio"] <= 3 and row["rss"] <= 2048
-    print("\ngrowth: plan time per unit relative to the smallest size (1.00 = linear). "
-          "Targets at 1M: ratio <= 3, peak RSS <= 2048 MiB")
+    print(
+        "\ngrowth: plan time per unit relative to the smallest size (1.00 = linear). "
+        "Targets at 1M: ratio <= 3, peak RSS <= 2048 MiB"
+    )
     return 0 if ok else 1
 
 

@@ -32,7 +32,8 @@ def write_spec(folder: Path, images: int, batch: int) -> Path:
         for name in ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
     )
     spec = folder / "speed.yaml"
-    spec.write_text(textwrap.dedent("""\
+    spec.write_text(
+        textwrap.dedent("""\
         version: 1
         dataset: digits-speed
         output: out
@@ -44,7 +45,12 @@ def write_spec(folder: Path, images: int, batch: int) -> Path:
           weight: [thin, thick]
           slant: [upright, slanted]
         classes:
-        """) % batch + classes + "\n", encoding="utf-8")
+        """)
+        % batch
+        + classes
+        + "\n",
+        encoding="utf-8",
+    )
     return spec
 
 
@@ -73,9 +79,16 @@ def run_bare(spec: Path, batch: int) -> tuple[float, int]:
     pipe.set_progress_bar_config(disable=True)
     made = 0
     for i in range(0, len(units), batch):
-        chunk = units[i:i + batch]
-        out = pipe(prompt=[u.prompt for u in chunk], negative_prompt=None, num_inference_steps=20, guidance_scale=3.0,
-                   generator=[torch.Generator("cpu").manual_seed(u.seed) for u in chunk], height=32, width=32)
+        chunk = units[i : i + batch]
+        out = pipe(
+            prompt=[u.prompt for u in chunk],
+            negative_prompt=None,
+            num_inference_steps=20,
+            guidance_scale=3.0,
+            generator=[torch.Generator("cpu").manual_seed(u.seed) for u in chunk],
+            height=32,
+            width=32,
+        )
         made += len(out.images)
     return time.perf_counter() - t0, made
 
@@ -86,8 +99,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    import torch  # noqa: F401  (imported before timing, for both sides)
     import diffusers  # noqa: F401
+    import torch  # noqa: F401  (imported before timing, for both sides)
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = write_spec(Path(tmp), args.images, args.batch)

@@ -38,13 +38,16 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ["RAY_AUTH_MODE"] = "disabled"
 # Actor processes import diffspec from this checkout.
-os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
 
 
 def write_spec(folder: Path, model: Path, images: int, batch: int, size: int, steps: int, output: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     spec = folder / f"{output}.yaml"
-    spec.write_text(textwrap.dedent(f"""\
+    spec.write_text(
+        textwrap.dedent(f"""\
         version: 1
         dataset: rayoverhead
         output: {output}
@@ -54,7 +57,9 @@ def write_spec(folder: Path, model: Path, images: int, batch: int, size: int, st
         budget: {{devices: cpu, max_batch: {batch}, workers: 2}}
         classes:
           things: {{target: {images}, prompt: "a photo of a {{thing}}", vars: {{thing: [cat, dog, car, tree]}}}}
-        """), encoding="utf-8")
+        """),
+        encoding="utf-8",
+    )
     return spec
 
 
@@ -102,8 +107,13 @@ def main() -> None:
 
         def measure(way: str) -> None:
             if way == "w":
-                ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
-                         configure_logging=False, _temp_dir=os.path.join(short, "w"))
+                ray.init(
+                    num_cpus=os.cpu_count() or 2,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                    _temp_dir=os.path.join(short, "w"),
+                )
                 try:
                     seconds, first, made = run(specs[way], "ray")
                 finally:
@@ -117,12 +127,14 @@ def main() -> None:
 
         order = list("prw")
         for i in range(args.repeats):
-            for way in order[i % 3:] + order[:i % 3]:
+            for way in order[i % 3 :] + order[: i % 3]:
                 measure(way)
         assert rows["p"] == rows["r"] == rows["w"], "the executors made different rows"
         p, r, w = best["p"][0], best["r"][0], best["w"][0]
-        print(f"\n{args.images} images {args.size}x{args.size}, {args.steps} steps, batch {args.batch}, "
-              f"best of {args.repeats}; all three made identical rows ({len(rows['p'])})")
+        print(
+            f"\n{args.images} images {args.size}x{args.size}, {args.steps} steps, batch {args.batch}, "
+            f"best of {args.repeats}; all three made identical rows ({len(rows['p'])})"
+        )
         print(f"(p) processes, 2 workers:            {p:8.2f}s  first image {best['p'][1]:.2f}s")
         print(f"(r) ray, 2 actors, local Ray started: {r:8.2f}s  first image {best['r'][1]:.2f}s")
         print(f"(w) ray, 2 actors, Ray already up:    {w:8.2f}s  first image {best['w'][1]:.2f}s")

@@ -53,7 +53,10 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], durable: bool = 
 
 
 def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
-    atomic_write(path, lambda fh: fh.write(data), durable)
+    def write(fh: BinaryIO) -> None:
+        fh.write(data)
+
+    atomic_write(path, write, durable)
 
 
 def _syncfs_call() -> Callable[[int], int] | None:
@@ -95,7 +98,7 @@ def atomic_write_many(files: Sequence[tuple[Path, bytes]]) -> None:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
             except OSError as exc:
                 if exc.filename is None:  # os.write does not say which file: a full disk should
                     raise OSError(exc.errno, exc.strerror, str(tmp)) from exc

@@ -10,7 +10,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -49,7 +49,10 @@ def _fail(exc: BaseException) -> None:
         raise exc
     # Messages are plain text: escape them, or rich would take e.g. "[at defaults.steps]" for markup.
     if isinstance(exc, SpecError):
-        err.print(f"[bold red]error:[/] {escape(str(exc.problems[0])) if len(exc.problems) == 1 else ''}".rstrip(), highlight=False)
+        err.print(
+            f"[bold red]error:[/] {escape(str(exc.problems[0])) if len(exc.problems) == 1 else ''}".rstrip(),
+            highlight=False,
+        )
         if len(exc.problems) > 1:
             for problem in exc.problems:
                 err.print(f"  {problem}", highlight=False, markup=False)
@@ -71,8 +74,11 @@ def _run(fn: Any) -> Any:
     except Exception as exc:  # a bug in diffspec, not the user's input: say so plainly
         if _state["debug"]:
             raise
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
-                  "This is a bug in diffspec. Rerun with --debug for the traceback and report it.", highlight=False)
+        err.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
+            "This is a bug in diffspec. Rerun with --debug for the traceback and report it.",
+            highlight=False,
+        )
         raise typer.Exit(1) from None
 
 
@@ -83,13 +89,24 @@ def main_options(
     _state["debug"] = debug
 
 
-ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="Apply a named profile of the spec.")]
-ExecutorOpt = Annotated[Optional[str], typer.Option(
-    "--executor", help="auto (default: inprocess for one worker, processes for more), inprocess, processes or ray.")]
-RayAddressOpt = Annotated[Optional[str], typer.Option(
-    "--ray-address", help="The Ray cluster for --executor ray (e.g. ray://head:10001 or head:6379); "
-                          "default: a local Ray started and stopped with the run.")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="CPU worker processes; default from the budget.")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Apply a named profile of the spec.")]
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--executor", help="auto (default: inprocess for one worker, processes for more), inprocess, processes or ray."
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="The Ray cluster for --executor ray (e.g. ray://head:10001 or head:6379); "
+        "default: a local Ray started and stopped with the run.",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", min=1, help="CPU worker processes; default from the budget.")
+]
 
 
 @app.command()
@@ -104,10 +121,19 @@ def validate(
     results = _run(lambda: validate_specs(list(specs), profile=profile))
     if as_json:
         payload = [
-            {"spec": str(r.path), "ok": r.ok,
-             "errors": [{"file": p.position.file if p.position else None, "line": p.position.line if p.position else None,
-                         "column": p.position.column if p.position else None, "message": p.message}
-                        for p in (r.error.problems if r.error else [])]}
+            {
+                "spec": str(r.path),
+                "ok": r.ok,
+                "errors": [
+                    {
+                        "file": p.position.file if p.position else None,
+                        "line": p.position.line if p.position else None,
+                        "column": p.position.column if p.position else None,
+                        "message": p.message,
+                    }
+                    for p in (r.error.problems if r.error else [])
+                ],
+            }
             for r in results
         ]
         out.print_json(json.dumps(payload))
@@ -121,7 +147,9 @@ def validate(
     if not all(r.ok for r in results):
         bad = sum(not r.ok for r in results)
         errors = sum(len(r.error.problems) for r in results if r.error)
-        err.print(f"[red]{errors} error{'s' if errors != 1 else ''} in {bad} of {len(results)} spec{'s' if len(results) != 1 else ''}[/]")
+        err.print(
+            f"[red]{errors} error{'s' if errors != 1 else ''} in {bad} of {len(results)} spec{'s' if len(results) != 1 else ''}[/]"
+        )
         raise typer.Exit(1)
 
 
@@ -131,8 +159,10 @@ def plan(
     profile: ProfileOpt = None,
     fmt: Annotated[PlanFormat, typer.Option("--format", "-f", help="text, json or markdown.")] = PlanFormat.text,
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
-    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Save the plan for `apply PLAN.json`.")] = None,
-    detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode", help="Exit 0: no changes, 2: changes, 1: error.")] = False,
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Save the plan for `apply PLAN.json`.")] = None,
+    detailed_exitcode: Annotated[
+        bool, typer.Option("--detailed-exitcode", help="Exit 0: no changes, 2: changes, 1: error.")
+    ] = False,
     executor: ExecutorOpt = None,
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
@@ -141,7 +171,9 @@ def plan(
     from diffspec.plan.render import render_json, render_markdown, render_table
     from diffspec.project import Project
 
-    the_plan = _run(lambda: Project(spec, profile=profile).plan(executor=executor, workers=workers, ray_address=ray_address))
+    the_plan = _run(
+        lambda: Project(spec, profile=profile).plan(executor=executor, workers=workers, ray_address=ray_address)
+    )
     if out_file is not None:
         from diffspec.plan.planfile import save_plan
 
@@ -181,8 +213,15 @@ def apply(
         else:
             project = Project(target, profile=profile)
             the_plan = project.plan(executor=executor, workers=workers, ray_address=ray_address)
-        return project.apply(the_plan, executor=executor, workers=workers, ray_address=ray_address, prune=prune,
-                             progress=not quiet and not as_json, console=err)
+        return project.apply(
+            the_plan,
+            executor=executor,
+            workers=workers,
+            ray_address=ray_address,
+            prune=prune,
+            progress=not quiet and not as_json,
+            console=err,
+        )
 
     result = _run(go)
     # The run is over and recorded: a late second Ctrl-C must not cut the summary that says how
@@ -219,16 +258,21 @@ def status(
     damaged = _run(project.damaged_images)
     if damaged:
         shown = ", ".join(d.path for d in damaged[:3]) + (f" and {len(damaged) - 3} more" if len(damaged) > 3 else "")
-        err.print(f"[yellow]warning:[/] {len(damaged)} image{'s' if len(damaged) != 1 else ''} counted as done "
-                  f"{'are' if len(damaged) != 1 else 'is'} missing or damaged on disk: {escape(shown)}. "
-                  f"Run `diffspec check {escape(str(spec))} --repair` so the next apply makes them again", highlight=False)
+        err.print(
+            f"[yellow]warning:[/] {len(damaged)} image{'s' if len(damaged) != 1 else ''} counted as done "
+            f"{'are' if len(damaged) != 1 else 'is'} missing or damaged on disk: {escape(shown)}. "
+            f"Run `diffspec check {escape(str(spec))} --repair` so the next apply makes them again",
+            highlight=False,
+        )
 
 
 @app.command()
 def check(
     spec: Annotated[Path, typer.Argument(help="Spec file.")],
     profile: ProfileOpt = None,
-    repair: Annotated[bool, typer.Option("--repair", help="Quarantine damaged files and rebuild rows from the images.")] = False,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Quarantine damaged files and rebuild rows from the images.")
+    ] = False,
     quick: Annotated[bool, typer.Option("--quick", help="Compare image sizes only, not their sha256.")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -256,17 +300,24 @@ def gc(
 
     result = _run(lambda: Project(spec, profile=profile).gc(dry_run=dry_run))
     verb = "would delete" if dry_run else "deleted"
-    out.print(f"{verb} {result.count} image{'s' if result.count != 1 else ''}" + (f" ({result.bytes / 1e6:.1f} MB)" if result.bytes else ""))
+    out.print(
+        f"{verb} {result.count} image{'s' if result.count != 1 else ''}"
+        + (f" ({result.bytes / 1e6:.1f} MB)" if result.bytes else "")
+    )
 
 
 @app.command()
 def query(
-    sql: Annotated[str, typer.Argument(help="One read-only SQL statement over images, runs, removed and stage tables.")],
-    spec: Annotated[Optional[Path], typer.Option("--spec", "-s", help="Spec whose catalog to query.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output root whose catalog to query.")] = None,
+    sql: Annotated[
+        str, typer.Argument(help="One read-only SQL statement over images, runs, removed and stage tables.")
+    ],
+    spec: Annotated[Path | None, typer.Option("--spec", "-s", help="Spec whose catalog to query.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output root whose catalog to query.")] = None,
     profile: ProfileOpt = None,
     fmt: Annotated[QueryFormat, typer.Option("--format", "-f")] = QueryFormat.table,
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the result to a file (csv, json, parquet).")] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the result to a file (csv, json, parquet).")
+    ] = None,
 ) -> None:
     """Query the catalog with SQL (DuckDB, read-only)."""
     from diffspec.project import Project, query_output
@@ -288,7 +339,7 @@ def query(
 def report(
     spec: Annotated[Path, typer.Argument(help="Spec file.")],
     profile: ProfileOpt = None,
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="HTML file (default <output>/report.html).")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="HTML file (default <output>/report.html).")] = None,
 ) -> None:
     """Write an HTML quality report: a grid of images per class, counts and scores."""
     from diffspec.project import Project
@@ -303,8 +354,12 @@ def export_cmd(
     dest: Annotated[Path, typer.Argument(help="Destination folder (or file for csv).")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="imagefolder, yolo, hf or csv.")] = "imagefolder",
     profile: ProfileOpt = None,
-    link: Annotated[bool, typer.Option("--link/--copy", help="Hard-link images instead of copying when possible.")] = True,
-    include_rejected: Annotated[bool, typer.Option("--include-rejected", help="Also export images a filter rejected.")] = False,
+    link: Annotated[
+        bool, typer.Option("--link/--copy", help="Hard-link images instead of copying when possible.")
+    ] = True,
+    include_rejected: Annotated[
+        bool, typer.Option("--include-rejected", help="Also export images a filter rejected.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print what was exported as JSON.")] = False,
 ) -> None:
     """Export the catalog's images in a format training code reads."""
@@ -312,7 +367,9 @@ def export_cmd(
 
     from diffspec.project import Project
 
-    result = _run(lambda: Project(spec, profile=profile).export(fmt, dest, link=link, include_rejected=include_rejected))
+    result = _run(
+        lambda: Project(spec, profile=profile).export(fmt, dest, link=link, include_rejected=include_rejected)
+    )
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
         return
@@ -324,13 +381,30 @@ def export_cmd(
     if len(result.counts) > 1:
         table.add_row("[bold]total", f"[bold]{result.total}")
     out.print(table)
-    files = ", ".join(f"{n} {k}" for k, n in (("linked", result.linked), ("copied", result.copied),
-                                              ("unchanged", result.unchanged), ("removed", result.removed)) if n)
-    out.print(f"exported {result.total} image{'s' if result.total != 1 else ''} ({fmt}) to {escape(str(result.path))}"
-              + (f" [dim]({files})[/]" if files else ""), highlight=False)
-    skipped = [f"{n} {why}" for why, n in (("rejected by filters (--include-rejected to add them)", result.skipped_rejected),
-                                           ("no longer in the spec (see `diffspec plan`)", result.skipped_obsolete),
-                                           ("without labels", result.skipped_unlabelled)) if n]
+    files = ", ".join(
+        f"{n} {k}"
+        for k, n in (
+            ("linked", result.linked),
+            ("copied", result.copied),
+            ("unchanged", result.unchanged),
+            ("removed", result.removed),
+        )
+        if n
+    )
+    out.print(
+        f"exported {result.total} image{'s' if result.total != 1 else ''} ({fmt}) to {escape(str(result.path))}"
+        + (f" [dim]({files})[/]" if files else ""),
+        highlight=False,
+    )
+    skipped = [
+        f"{n} {why}"
+        for why, n in (
+            ("rejected by filters (--include-rejected to add them)", result.skipped_rejected),
+            ("no longer in the spec (see `diffspec plan`)", result.skipped_obsolete),
+            ("without labels", result.skipped_unlabelled),
+        )
+        if n
+    ]
     if skipped:
         out.print("skipped: " + "; ".join(skipped), highlight=False, markup=False)
     for note in result.notes:
@@ -361,14 +435,19 @@ def quickstart(
     share = overall_recognised(summaries)
     if share is not None:
         worst = min((s for s in summaries if s.scored), key=lambda s: s.recognised_share or 0.0)
-        out.print(f"Recognised as the prompted digit by a classifier trained on real digits: [bold]{share:.1%}[/] "
-                  f"(lowest class: {escape(worst.name)} {worst.recognised_share:.0%})", highlight=False)
+        out.print(
+            f"Recognised as the prompted digit by a classifier trained on real digits: [bold]{share:.1%}[/] "
+            f"(lowest class: {escape(worst.name)} {worst.recognised_share:.0%})",
+            highlight=False,
+        )
     output = loaded.output
     out.print(f"images:  {escape(str(output / 'images'))}", highlight=False)
     out.print(f"catalog: {escape(str(output / 'catalog'))} (Parquet)", highlight=False)
     out.print(f"report:  {escape(str(report_path))}", highlight=False)
     out.print("Try next:", highlight=False)
-    query_example = "SELECT class_name, count(*) AS images, avg(seconds) AS s_per_image FROM images GROUP BY 1 ORDER BY 1"
+    query_example = (
+        "SELECT class_name, count(*) AS images, avg(seconds) AS s_per_image FROM images GROUP BY 1 ORDER BY 1"
+    )
     out.print(f"  diffspec query -s {escape(str(spec))} '{query_example}'", highlight=False)
     out.print(f"  diffspec status {escape(str(spec))}", highlight=False)
     if result.failed or result.interrupted:

@@ -19,6 +19,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 from diffspec.atomic import atomic_write_bytes
 
@@ -27,10 +28,26 @@ FORMAT = "diffspec-content-cache/1"
 MAX_ENTRIES = 200_000
 # What a model folder's identity covers: weights, configs, tokenizers and remote code. Not
 # READMEs, licences or hidden files (.git, .cache), which change no pixel.
-MODEL_FILES = frozenset({
-    ".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".gguf", ".onnx", ".msgpack", ".h5",
-    ".json", ".txt", ".model", ".yaml", ".yml", ".py", ".tiktoken",
-})
+MODEL_FILES = frozenset(
+    {
+        ".safetensors",
+        ".bin",
+        ".ckpt",
+        ".pt",
+        ".pth",
+        ".gguf",
+        ".onnx",
+        ".msgpack",
+        ".h5",
+        ".json",
+        ".txt",
+        ".model",
+        ".yaml",
+        ".yml",
+        ".py",
+        ".tiktoken",
+    }
+)
 
 
 def cache_dir() -> Path:
@@ -50,7 +67,7 @@ class ContentCache:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._entries: dict[str, list] = {}  # abs path -> [size, mtime_ns, ctime_ns, ino, sha256]
+        self._entries: dict[str, list[Any]] = {}  # abs path -> [size, mtime_ns, ctime_ns, ino, sha256]
         self._dirty = False
         self._lock = threading.Lock()
         self.files_hashed = 0  # files actually read, for tests and benchmarks
@@ -119,7 +136,7 @@ class ContentCache:
             self._dirty = False
 
 
-def _read(path: Path) -> dict[str, list]:
+def _read(path: Path) -> dict[str, list[Any]]:
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):

@@ -100,10 +100,21 @@ class Project:
         the ray executor starts a local Ray for the run)."""
         return build_plan(self.loaded, self.catalog, executor=executor, workers=workers, ray_address=ray_address)
 
-    def apply(self, plan: Plan | None = None, *, executor: str | None = None, workers: int | None = None,
-              prune: bool = False, progress: bool = True, console: Any = None, max_units: int | None = None,
-              backend_factory: Any = None, stages: bool = True, machine: Machine | None = None,
-              ray_address: str | None = None) -> ApplyResult:
+    def apply(
+        self,
+        plan: Plan | None = None,
+        *,
+        executor: str | None = None,
+        workers: int | None = None,
+        prune: bool = False,
+        progress: bool = True,
+        console: Any = None,
+        max_units: int | None = None,
+        backend_factory: Any = None,
+        stages: bool = True,
+        machine: Machine | None = None,
+        ray_address: str | None = None,
+    ) -> ApplyResult:
         """Run ``plan`` (default: a fresh plan of the spec, with ``executor`` / ``workers``), then
         the spec's stages. See `diffspec.run.apply.apply_plan`: the plan alone says what runs."""
         from diffspec.run.apply import apply_plan
@@ -114,8 +125,15 @@ class Project:
             _check_overrides(plan, executor, workers, ray_address)
         if Path(plan.spec_path).resolve() != self.spec_path.resolve():
             raise PlanError(f"the plan is for {plan.spec_path}, not {self.spec_path}")
-        result = apply_plan(plan, prune=prune, progress=progress, console=console, max_units=max_units,
-                            backend_factory=backend_factory, machine=machine)
+        result = apply_plan(
+            plan,
+            prune=prune,
+            progress=progress,
+            console=console,
+            max_units=max_units,
+            backend_factory=backend_factory,
+            machine=machine,
+        )
         if stages and not result.interrupted:
             from diffspec.stages.runner import run_stages
 
@@ -180,15 +198,21 @@ def _check_overrides(plan: Plan, executor: str | None, workers: int | None, ray_
     if ray_address:
         planned = ex.ray.address if ex.ray is not None else None
         if planned != ray_address:
-            raise PlanError(f"the plan runs on {ex.ray.describe() if ex.ray else 'the ' + ex.executor + ' executor'}, "
-                            f"not on the Ray cluster at {ray_address}: make the plan with "
-                            f"`diffspec plan --executor ray --ray-address {ray_address}` (or apply the spec itself)")
+            raise PlanError(
+                f"the plan runs on {ex.ray.describe() if ex.ray else 'the ' + ex.executor + ' executor'}, "
+                f"not on the Ray cluster at {ray_address}: make the plan with "
+                f"`diffspec plan --executor ray --ray-address {ray_address}` (or apply the spec itself)"
+            )
     if executor not in (None, "", "auto") and executor != ex.executor:
-        raise PlanError(f"the plan runs on the {ex.executor} executor, not {executor}: make the plan with "
-                        f"`diffspec plan --executor {executor}` (or apply the spec itself)")
+        raise PlanError(
+            f"the plan runs on the {ex.executor} executor, not {executor}: make the plan with "
+            f"`diffspec plan --executor {executor}` (or apply the spec itself)"
+        )
     if workers is not None and workers != ex.workers:
-        raise PlanError(f"the plan has {ex.workers} worker{'s' if ex.workers != 1 else ''}, not {workers}: make the plan "
-                        f"with `diffspec plan --workers {workers}` (or apply the spec itself)")
+        raise PlanError(
+            f"the plan has {ex.workers} worker{'s' if ex.workers != 1 else ''}, not {workers}: make the plan "
+            f"with `diffspec plan --workers {workers}` (or apply the spec itself)"
+        )
 
 
 def plan_from_file(path: str | Path) -> Plan:

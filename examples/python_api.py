@@ -1,6 +1,6 @@
 """Use diffspec from Python: the CLI is a thin layer over this same API.
 
-    python examples/python_api.py
+python examples/python_api.py
 """
 
 from __future__ import annotations

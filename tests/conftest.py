@@ -37,8 +37,12 @@ def write_catalog() -> Callable[..., None]:
     from diffspec.run.writer import image_record
 
     def write(output: Path, units: Iterable[Any], dataset: str = "test", run_id: str = "test-run") -> None:
-        records = [image_record(u, path=u.relpath, sha256=None, nbytes=None, run_id=run_id, dataset=dataset,
-                                label=u.class_name) for u in units]
+        records = [
+            image_record(
+                u, path=u.relpath, sha256=None, nbytes=None, run_id=run_id, dataset=dataset, label=u.class_name
+            )
+            for u in units
+        ]
         Catalog(Path(output)).append_images(records, run_id)
 
     return write

@@ -92,7 +92,9 @@ def image_damage(catalog: Catalog, hashed: bool = True) -> tuple[list[Damage], i
         rel = rel or ""
         target = (root / rel).resolve()
         if not rel or not target.is_relative_to(root) or target == root:
-            damages.append(Damage(DAMAGED_IMAGE, rel, f"the row's path resolves to {target}, outside the output root", fp))
+            damages.append(
+                Damage(DAMAGED_IMAGE, rel, f"the row's path resolves to {target}, outside the output root", fp)
+            )
             continue
         try:
             st = target.stat()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from diffspec.atomic import atomic_write
 from diffspec.catalog.records import ImageRecord
-from diffspec.catalog.store import Catalog
+from diffspec.catalog.store import Catalog, first_positions
 
 
 class Recorder:
@@ -57,8 +57,7 @@ def merge_run_parts(catalog: Catalog, run_id: str) -> int:
     table = catalog.read_parts(parts, "images")
     fps = table.column("fingerprint").to_pylist()
     if len(set(fps)) != len(fps):
-        seen: set[str] = set()
-        keep = [i for i, fp in enumerate(fps) if not (fp in seen or seen.add(fp))]
+        keep = first_positions(fps)
         table = table.take(pa.array(keep, pa.int64()))
     target = parts[0].parent / f"part-{run_id}-{secrets.token_hex(2)}-all.parquet"
     atomic_write(target, lambda fh: pq.write_table(table, fh, compression="zstd"))

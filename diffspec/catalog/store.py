@@ -84,8 +84,11 @@ class Catalog:
         folder = self.table_dir(table) if table in ("images", "runs", "removed") else self.stage_dir(table)
         if not folder.is_dir():
             return []
-        return sorted(p for p in folder.iterdir()
-                      if p.suffix == ".parquet" and not p.name.startswith(".") and not (self._skip and p.resolve() in self._skip))
+        return sorted(
+            p
+            for p in folder.iterdir()
+            if p.suffix == ".parquet" and not p.name.startswith(".") and not (self._skip and p.resolve() in self._skip)
+        )
 
     def stages(self) -> list[str]:
         folder = self.root / "stages"
@@ -109,7 +112,11 @@ class Catalog:
 
     # ---- write --------------------------------------------------------------------------
     def _write_part(self, folder: Path, table: pa.Table, run_id: str, tag: str | None = None) -> Path:
-        name = f"part-{run_id}-{tag or next(self._seq):06}-{os.getpid()}.parquet" if tag is None else f"part-{run_id}-{tag}.parquet"
+        name = (
+            f"part-{run_id}-{tag or next(self._seq):06}-{os.getpid()}.parquet"
+            if tag is None
+            else f"part-{run_id}-{tag}.parquet"
+        )
         path = folder / name
         # Page checksums: a flipped byte in a data page fails the read instead of decoding wrong.
         atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd", write_page_checksum=True))
@@ -122,8 +129,9 @@ class Catalog:
         return self._write_part(self.table_dir("images"), images_table(records), run_id)
 
     def append_run(self, record: RunRecord) -> None:
-        self._write_part(self.table_dir("runs"), runs_table([record]), record.run_id,
-                         tag=f"{record.phase}-{next(self._seq):04}")
+        self._write_part(
+            self.table_dir("runs"), runs_table([record]), record.run_id, tag=f"{record.phase}-{next(self._seq):04}"
+        )
 
     def append_stage(self, stage: str, table: pa.Table, run_id: str) -> Path | None:
         if table.num_rows == 0:
@@ -136,7 +144,8 @@ class Catalog:
             return
         now = utcnow()
         table = pa.Table.from_pylist(
-            [{"fingerprint": fp, "path": path, "run_id": run_id, "removed_at": now} for fp, path in rows], schema=REMOVED
+            [{"fingerprint": fp, "path": path, "run_id": run_id, "removed_at": now} for fp, path in rows],
+            schema=REMOVED,
         )
         self._write_part(self.table_dir("removed"), table, run_id)
 
@@ -211,8 +220,9 @@ class Catalog:
             if schema is not None and len(parts) > 1:
                 # One multi-threaded scan instead of a file at a time (3-5x faster over many
                 # parts); a column an older part lacks reads as nulls. Row order follows `parts`.
-                return pq.read_table(list(parts), columns=columns, schema=schema, partitioning=None,
-                                     page_checksum_verification=True)
+                return pq.read_table(
+                    list(parts), columns=columns, schema=schema, partitioning=None, page_checksum_verification=True
+                )
             tables = [pq.read_table(p, columns=columns, page_checksum_verification=True) for p in parts]
             return pa.concat_tables(tables, promote_options="default")
         except Exception as exc:  # noqa: BLE001 - damage surfaces as OSError, ArrowInvalid, UnicodeDecodeError...
@@ -274,8 +284,7 @@ class Catalog:
         fp_set = set(fp_list)
         if len(fp_set) != len(fp_list):
             # A crash between a compaction's write and its clean-up leaves a row twice: keep the first.
-            seen: set[str] = set()
-            keep = [i for i, fp in enumerate(fp_list) if not (fp in seen or seen.add(fp))]
+            keep = first_positions(fp_list)
             table = table.take(pa.array(keep, pa.int64()))
             fp_list = [fp_list[i] for i in keep]
         return CatalogIndex(fp_list, table.column("class_name"), state, self, fp_set)
@@ -283,7 +292,11 @@ class Catalog:
     def live_images(self, columns: list[str] | None = None) -> pa.Table:
         """The images table, deduplicated and without tombstoned rows."""
         removed = self.read_table("removed", ["fingerprint", "removed_at"])
-        extra = [c for c in ("fingerprint", "created_at") if columns is not None and c not in columns] if len(removed) else []
+        extra = (
+            [c for c in ("fingerprint", "created_at") if columns is not None and c not in columns]
+            if len(removed)
+            else []
+        )
         table = self.read_table("images", columns + extra if columns is not None else None)
         if table.num_rows == 0 or "fingerprint" not in table.column_names:
             return table
@@ -303,7 +316,8 @@ class Catalog:
         return table if len(keep) == table.num_rows else table.take(pa.array(keep, type=pa.int64()))
 
     def runs(self) -> list[dict[str, Any]]:
-        return self.read_table("runs").to_pylist()
+        rows: list[dict[str, Any]] = self.read_table("runs").to_pylist()
+        return rows
 
 
 class _PartVanished(Exception):
@@ -317,15 +331,31 @@ def part_problem(path: Path, schema: pa.Schema | None = None) -> str | None:
     except FileNotFoundError:
         return None  # removed by a concurrent compaction after the listing: gone, not damaged
     except Exception as exc:  # noqa: BLE001 - every decoding failure is damage
-        reason = " ".join(str(exc).replace(f"'{path}'", "").replace("Could not open Parquet input source :", "").split())
+        reason = " ".join(
+            str(exc).replace(f"'{path}'", "").replace("Could not open Parquet input source :", "").split()
+        )
         reason = reason.split(". ")[0][:120] or type(exc).__name__
         return f"unreadable: {reason}"
     if schema is not None:
         key = schema.names[0]  # fingerprint (images, removed) or run_id (runs): every row has it
-        wrong = [f.name for f in schema if f.name in table.column_names and not table.schema.field(f.name).type.equals(f.type)]
+        wrong = [
+            f.name
+            for f in schema
+            if f.name in table.column_names and not table.schema.field(f.name).type.equals(f.type)
+        ]
         if key not in table.column_names:
             return f"not a part of this table: no {key} column"
         if wrong:
             return f"not a part of this table: columns of the wrong type: {', '.join(wrong)}"
     return None
 
+
+def first_positions(values: Sequence[str]) -> list[int]:
+    """The position of each value's first occurrence, in order."""
+    seen: set[str] = set()
+    keep = []
+    for i, value in enumerate(values):
+        if value not in seen:
+            seen.add(value)
+            keep.append(i)
+    return keep

@@ -38,8 +38,9 @@ FORMATS = tuple(WRITERS)
 __all__ = ["FORMATS", "ExportResult", "export"]
 
 
-def export(loaded: LoadedSpec, catalog: Catalog, fmt: str, dest: Path, *, link: bool = True,
-           include_rejected: bool = False) -> ExportResult:
+def export(
+    loaded: LoadedSpec, catalog: Catalog, fmt: str, dest: Path, *, link: bool = True, include_rejected: bool = False
+) -> ExportResult:
     """Write the catalog's live images to ``dest`` as ``fmt``; returns what was written.
 
     ``link``: hard-link images from the output root when on the same filesystem (else copy).

@@ -38,12 +38,40 @@ FILTERS_STAGE = "filters"
 
 # Provenance columns every format writes, in this order, after its own file column.
 COLUMNS = (
-    "class", "label", "prompt", "negative_prompt", "seed", "model_source", "model_revision",
-    "scheduler", "steps", "guidance", "width", "height", "fingerprint", "sha256", "rejected",
+    "class",
+    "label",
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "model_source",
+    "model_revision",
+    "scheduler",
+    "steps",
+    "guidance",
+    "width",
+    "height",
+    "fingerprint",
+    "sha256",
+    "rejected",
 )
 _CATALOG_COLUMNS = [
-    "fingerprint", "class_name", "label", "unit_index", "prompt", "negative_prompt", "seed", "model_source",
-    "model_revision", "scheduler", "steps", "guidance", "width", "height", "path", "sha256", "bytes",
+    "fingerprint",
+    "class_name",
+    "label",
+    "unit_index",
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "model_source",
+    "model_revision",
+    "scheduler",
+    "steps",
+    "guidance",
+    "width",
+    "height",
+    "path",
+    "sha256",
+    "bytes",
 ]
 # errno values that mean "this filesystem cannot hard-link here": copy instead.
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
@@ -112,10 +140,19 @@ class ExportResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "path": str(self.path), "format": self.format, "total": self.total, "counts": dict(self.counts),
-            "linked": self.linked, "copied": self.copied, "unchanged": self.unchanged, "removed": self.removed,
-            "skipped": {"rejected": self.skipped_rejected, "obsolete": self.skipped_obsolete,
-                        "unlabelled": self.skipped_unlabelled},
+            "path": str(self.path),
+            "format": self.format,
+            "total": self.total,
+            "counts": dict(self.counts),
+            "linked": self.linked,
+            "copied": self.copied,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
+            "skipped": {
+                "rejected": self.skipped_rejected,
+                "obsolete": self.skipped_obsolete,
+                "unlabelled": self.skipped_unlabelled,
+            },
             "notes": list(self.notes),
         }
 
@@ -143,11 +180,15 @@ def check_dest(dest: Path, output: Path) -> None:
     """Refuse a destination that overlaps the output root's own files."""
     d, o = dest.resolve(), output.resolve()
     if d == o or o.is_relative_to(d):
-        raise ExportError(f"the export destination {dest} must not be or contain the output root {o}; "
-                          "choose a folder of its own (e.g. a new folder next to the output root)")
+        raise ExportError(
+            f"the export destination {dest} must not be or contain the output root {o}; "
+            "choose a folder of its own (e.g. a new folder next to the output root)"
+        )
     for own in (CATALOG_DIR, "images"):
         if d.is_relative_to(o / own):
-            raise ExportError(f"the export destination {dest} is inside the output root's {own}/ folder; choose another folder")
+            raise ExportError(
+                f"the export destination {dest} is inside the output root's {own}/ folder; choose another folder"
+            )
 
 
 # ---- selection --------------------------------------------------------------------------
@@ -170,8 +211,10 @@ def select(loaded: LoadedSpec, catalog: Catalog, include_rejected: bool = False)
     classes = tuple(loaded.classes)
     images = catalog.live_images(_CATALOG_COLUMNS) if catalog.exists() else None
     if images is None or images.num_rows == 0:
-        raise ExportError(f"nothing to export: the catalog under {catalog.output} has no images yet; "
-                          f"run `diffspec apply {loaded.path}` first")
+        raise ExportError(
+            f"nothing to export: the catalog under {catalog.output} has no images yet; "
+            f"run `diffspec apply {loaded.path}` first"
+        )
     # What the spec no longer asks for (a lowered target, a removed class) stays out, as `gc` would.
     obsolete = {r.fingerprint for r in build_plan(loaded, catalog).removals}
     rejected = rejected_fingerprints(catalog)
@@ -192,10 +235,22 @@ def select(loaded: LoadedSpec, catalog: Catalog, include_rejected: bool = False)
             raise ExportError(f"catalog row {fp} (class {cls!r}) has no image path")
         source = inside(catalog.output, r["path"], what="read")
         row = ExportRow(
-            fingerprint=fp, class_name=safe_name(cls), label=r["label"], prompt=r["prompt"],
-            negative_prompt=r["negative_prompt"], seed=r["seed"], model_source=r["model_source"],
-            model_revision=r["model_revision"], scheduler=r["scheduler"], steps=r["steps"], guidance=r["guidance"],
-            width=r["width"], height=r["height"], sha256=r["sha256"], source=source, rejected=is_rejected,
+            fingerprint=fp,
+            class_name=safe_name(cls),
+            label=r["label"],
+            prompt=r["prompt"],
+            negative_prompt=r["negative_prompt"],
+            seed=r["seed"],
+            model_source=r["model_source"],
+            model_revision=r["model_revision"],
+            scheduler=r["scheduler"],
+            steps=r["steps"],
+            guidance=r["guidance"],
+            width=r["width"],
+            height=r["height"],
+            sha256=r["sha256"],
+            source=source,
+            rejected=is_rejected,
         )
         sizes[fp] = r["bytes"]
         rows.append(((order[cls], r["unit_index"] if r["unit_index"] is not None else -1, fp), row))
@@ -203,18 +258,31 @@ def select(loaded: LoadedSpec, catalog: Catalog, include_rejected: bool = False)
     selected = tuple(row for _, row in rows)
     missing = [row for row in selected if not row.source.is_file()]
     # A stat per image, no hashing: a file replaced by garbage or torn by a bad copy has another size.
-    damaged = [row for row in selected if row not in missing and sizes.get(row.fingerprint) is not None
-               and row.source.stat().st_size != sizes[row.fingerprint]]
+    damaged = [
+        row
+        for row in selected
+        if row not in missing
+        and sizes.get(row.fingerprint) is not None
+        and row.source.stat().st_size != sizes[row.fingerprint]
+    ]
     if damaged:
-        shown = ", ".join(str(m.source) for m in damaged[:3]) + (f" and {len(damaged) - 3} more" if len(damaged) > 3 else "")
-        raise ExportError(f"{len(damaged)} catalog image{'s on disk differ' if len(damaged) != 1 else ' on disk differs'} from "
-                          f"{'their' if len(damaged) != 1 else 'its'} catalog row (another size): {shown}. Run `diffspec check {loaded.path} --repair` to set them "
-                          "aside so the next apply makes them again; nothing was exported")
+        shown = ", ".join(str(m.source) for m in damaged[:3]) + (
+            f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+        )
+        raise ExportError(
+            f"{len(damaged)} catalog image{'s on disk differ' if len(damaged) != 1 else ' on disk differs'} from "
+            f"{'their' if len(damaged) != 1 else 'its'} catalog row (another size): {shown}. Run `diffspec check {loaded.path} --repair` to set them "
+            "aside so the next apply makes them again; nothing was exported"
+        )
     if missing:
-        shown = ", ".join(str(m.source) for m in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise ExportError(f"{len(missing)} catalog image{'s are' if len(missing) != 1 else ' is'} missing on disk: {shown}. "
-                          f"Run `diffspec apply {loaded.path}` to make them again (`diffspec plan` shows what it would do); "
-                          "nothing was exported")
+        shown = ", ".join(str(m.source) for m in missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
+        raise ExportError(
+            f"{len(missing)} catalog image{'s are' if len(missing) != 1 else ' is'} missing on disk: {shown}. "
+            f"Run `diffspec apply {loaded.path}` to make them again (`diffspec plan` shows what it would do); "
+            "nothing was exported"
+        )
     return Selection(selected, classes, skipped_rejected, skipped_obsolete)
 
 
@@ -231,7 +299,9 @@ def csv_bytes(header: Sequence[str], records: Iterable[dict[str, Any]]) -> bytes
     writer = csv.DictWriter(buf, fieldnames=list(header), lineterminator="\n")
     writer.writeheader()
     for rec in records:
-        writer.writerow({k: ("" if v is None else str(v).lower() if isinstance(v, bool) else v) for k, v in rec.items()})
+        writer.writerow(
+            {k: ("" if v is None else str(v).lower() if isinstance(v, bool) else v) for k, v in rec.items()}
+        )
     return buf.getvalue().encode("utf-8")
 
 
@@ -365,8 +435,16 @@ def _copy_into(source: Path, fh: Any) -> None:
         shutil.copyfileobj(src, fh, 1 << 20)
 
 
-def write_class_folders(selection: Selection, dest: Path, fmt: str, link: bool, *, prefix: str, metadata: str,
-                        encode: Callable[[list[dict[str, Any]]], bytes]) -> ExportResult:
+def write_class_folders(
+    selection: Selection,
+    dest: Path,
+    fmt: str,
+    link: bool,
+    *,
+    prefix: str,
+    metadata: str,
+    encode: Callable[[list[dict[str, Any]]], bytes],
+) -> ExportResult:
     """The one-folder-per-class layouts: ``dest/<prefix><class>/<fingerprint>.png`` and a
     metadata file beside the class folders whose ``file_name`` is relative to that file."""
     out = DestWriter(dest, fmt, link)

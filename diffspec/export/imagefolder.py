@@ -16,5 +16,12 @@ METADATA = "metadata.csv"
 
 
 def write(loaded: LoadedSpec, catalog: Catalog, selection: Selection, dest: Path, *, link: bool) -> ExportResult:
-    return write_class_folders(selection, dest, "imagefolder", link, prefix="", metadata=METADATA,
-                               encode=lambda records: csv_bytes(("file_name", *COLUMNS), records))
+    return write_class_folders(
+        selection,
+        dest,
+        "imagefolder",
+        link,
+        prefix="",
+        metadata=METADATA,
+        encode=lambda records: csv_bytes(("file_name", *COLUMNS), records),
+    )

@@ -46,15 +46,21 @@ def _no_labels_error(loaded: LoadedSpec) -> ExportError:
 def _coords(values: Any, kind: str, fp: str) -> list[float]:
     coords = [float(v) for v in values]
     if kind == "box" and len(coords) != 4:
-        raise ExportError(f"segment row of image {fp}: a box has 4 numbers (x_center, y_center, width, height), got {len(coords)}")
+        raise ExportError(
+            f"segment row of image {fp}: a box has 4 numbers (x_center, y_center, width, height), got {len(coords)}"
+        )
     if kind == "polygon" and (len(coords) < 6 or len(coords) % 2):
-        raise ExportError(f"segment row of image {fp}: a polygon needs an even count of at least 6 numbers, got {len(coords)}")
+        raise ExportError(
+            f"segment row of image {fp}: a polygon needs an even count of at least 6 numbers, got {len(coords)}"
+        )
     if any(not math.isfinite(c) or c < 0 or c > 1 for c in coords):
         raise ExportError(f"segment row of image {fp}: {kind} coordinates must be normalised to [0, 1], got {coords}")
     return coords
 
 
-def read_labels(loaded: LoadedSpec, catalog: Catalog, classes: tuple[str, ...]) -> dict[str, list[tuple[int | None, str]]]:
+def read_labels(
+    loaded: LoadedSpec, catalog: Catalog, classes: tuple[str, ...]
+) -> dict[str, list[tuple[int | None, str]]]:
     """Per image fingerprint: (class id, or None for the image's own class; coordinates) per
     instance, from the ``segment`` stage table."""
     if SEGMENT_STAGE not in catalog.stages() or not catalog.parts(SEGMENT_STAGE):
@@ -62,8 +68,10 @@ def read_labels(loaded: LoadedSpec, catalog: Catalog, classes: tuple[str, ...]) 
     table = catalog.read_table(SEGMENT_STAGE)
     columns = set(table.column_names)
     if "fingerprint" not in columns or not columns & {"polygon", "box"}:
-        raise ExportError(f"the segment stage table under {catalog.stage_dir(SEGMENT_STAGE)} has columns "
-                          f"{sorted(columns)}; YOLO export needs fingerprint and polygon or box")
+        raise ExportError(
+            f"the segment stage table under {catalog.stage_dir(SEGMENT_STAGE)} has columns "
+            f"{sorted(columns)}; YOLO export needs fingerprint and polygon or box"
+        )
     ids = {name: i for i, name in enumerate(classes)}
     names = ("fingerprint", "class_name", "polygon", "box", "run_id")
     get = {c: (table.column(c).to_pylist() if c in columns else [None] * table.num_rows) for c in names}
@@ -79,8 +87,10 @@ def read_labels(loaded: LoadedSpec, catalog: Catalog, classes: tuple[str, ...]) 
             continue  # looked at, nothing found
         kind, values = ("polygon", polygon) if polygon is not None else ("box", box)
         if cls is not None and cls not in ids:
-            raise ExportError(f"segment row of image {fp} names class {cls!r}, which is not a class of the spec "
-                              f"({', '.join(classes)})")
+            raise ExportError(
+                f"segment row of image {fp} names class {cls!r}, which is not a class of the spec "
+                f"({', '.join(classes)})"
+            )
         body = " ".join(f"{c:.6g}" for c in _coords(values, kind, fp))
         instances.append((ids[cls] if cls is not None else None, body))
     return labels
@@ -118,6 +128,13 @@ def write(loaded: LoadedSpec, catalog: Catalog, selection: Selection, dest: Path
     out.write_bytes("data.yaml", data_yaml(dest, selection.classes, loaded.path).encode())
     stats = out.finish()
     unlabelled = len(selection.rows) - len(exported)
-    notes = (f"{unlabelled} image{'s have' if unlabelled != 1 else ' has'} no segment output yet and {'were' if unlabelled != 1 else 'was'} left out",) if unlabelled else ()
-    return ExportResult(dest, "yolo", counts_by_class(selection.classes, exported), skipped_unlabelled=unlabelled,
-                        notes=notes, **stats)
+    notes = (
+        (
+            f"{unlabelled} image{'s have' if unlabelled != 1 else ' has'} no segment output yet and {'were' if unlabelled != 1 else 'was'} left out",
+        )
+        if unlabelled
+        else ()
+    )
+    return ExportResult(
+        dest, "yolo", counts_by_class(selection.classes, exported), skipped_unlabelled=unlabelled, notes=notes, **stats
+    )

@@ -24,14 +24,20 @@ import gc
 import inspect
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import PIL.Image
 import torch
 
 from diffspec.errors import GenerationError
 from diffspec.generate.control import control_image, load_mask, load_rgb
+from diffspec.generate.loading import load_pipeline, resolve_family
+from diffspec.generate.memory import apply_strategy
+from diffspec.generate.prompts import has_weighting, is_weighted, parse_a1111, plain_text, unescape
+from diffspec.generate.schedulers import make_scheduler
+from diffspec.plan.unit import ModelRef, PipelineKey, WorkUnit
 from diffspec.tables.families import (
     KANDINSKY_PRIOR_GUIDANCE,
     KANDINSKY_PRIOR_STEPS,
@@ -41,11 +47,6 @@ from diffspec.tables.families import (
     supports_negative_prompt,
     supports_prompt_weighting,
 )
-from diffspec.generate.loading import load_pipeline, resolve_family
-from diffspec.generate.memory import apply_strategy
-from diffspec.generate.prompts import has_weighting, is_weighted, parse_a1111, plain_text, unescape
-from diffspec.generate.schedulers import make_scheduler
-from diffspec.plan.unit import ModelRef, PipelineKey, WorkUnit
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,9 @@ def _as_key(value: PipelineKey | WorkUnit | tuple) -> PipelineKey:
         return value
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], ModelRef):
         model, mode = value
-        return PipelineKey(model=model, mode=mode, scheduler="default", scheduler_kwargs=(),
-                           width=0, height=0, steps=1, guidance=0.0)
+        return PipelineKey(
+            model=model, mode=mode, scheduler="default", scheduler_kwargs=(), width=0, height=0, steps=1, guidance=0.0
+        )
     raise TypeError(f"Backend needs a PipelineKey, a WorkUnit or a load key tuple, got {type(value).__name__}")
 
 
@@ -230,7 +232,8 @@ class Backend:
                     self._warn_once(
                         "strength",
                         "%s has no `strength`: it always repaints the masked area fully; strength %s is ignored",
-                        type(self.pipe).__name__, key.strength,
+                        type(self.pipe).__name__,
+                        key.strength,
                     )
         if self.mode == "inpaint":
             for unit in units:
@@ -313,16 +316,29 @@ class Backend:
 
             ti = DiffusersTextualInversionManager(self.pipe)
             if self.family == "sd":
-                first = Compel(tokenizer=self.pipe.tokenizer, text_encoder=self.pipe.text_encoder,
-                               textual_inversion_manager=ti, truncate_long_prompts=True)
+                first = Compel(
+                    tokenizer=self.pipe.tokenizer,
+                    text_encoder=self.pipe.text_encoder,
+                    textual_inversion_manager=ti,
+                    truncate_long_prompts=True,
+                )
                 self._compel = (first, None)
             else:
                 kind = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
-                first = Compel(tokenizer=self.pipe.tokenizer, text_encoder=self.pipe.text_encoder,
-                               textual_inversion_manager=ti, returned_embeddings_type=kind,
-                               truncate_long_prompts=True)
-                second = Compel(tokenizer=self.pipe.tokenizer_2, text_encoder=self.pipe.text_encoder_2,
-                                returned_embeddings_type=kind, requires_pooled=True, truncate_long_prompts=True)
+                first = Compel(
+                    tokenizer=self.pipe.tokenizer,
+                    text_encoder=self.pipe.text_encoder,
+                    textual_inversion_manager=ti,
+                    returned_embeddings_type=kind,
+                    truncate_long_prompts=True,
+                )
+                second = Compel(
+                    tokenizer=self.pipe.tokenizer_2,
+                    text_encoder=self.pipe.text_encoder_2,
+                    returned_embeddings_type=kind,
+                    requires_pooled=True,
+                    truncate_long_prompts=True,
+                )
                 self._compel = (first, second)
         return self._compel
 
@@ -352,12 +368,19 @@ class Backend:
             neg_arg = None if (sdxl and not negative) else [plain_text(negative)]
             if sdxl:
                 pe, ne, pp, npp = pipe.encode_prompt(
-                    prompt=[plain_text(prompt)], device=device, num_images_per_prompt=1,
-                    do_classifier_free_guidance=do_cfg, negative_prompt=neg_arg,
+                    prompt=[plain_text(prompt)],
+                    device=device,
+                    num_images_per_prompt=1,
+                    do_classifier_free_guidance=do_cfg,
+                    negative_prompt=neg_arg,
                 )
             else:
                 pe, ne = pipe.encode_prompt(
-                    [plain_text(prompt)], device, 1, do_cfg, negative_prompt=neg_arg,
+                    [plain_text(prompt)],
+                    device,
+                    1,
+                    do_cfg,
+                    negative_prompt=neg_arg,
                 )
                 pp = npp = None
             if is_weighted(prompt):

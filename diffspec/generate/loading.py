@@ -17,8 +17,9 @@ import contextlib
 import inspect
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -73,8 +74,17 @@ def _is_offline_error(exc: BaseException) -> bool:
         pass
     return any(
         marker in text
-        for marker in ("offline", "localentrynotfound", "connection", "max retries", "resolve", "cannot find the requested files",
-                       "not fully cached", "outgoing traffic has been disabled", "fetch metadata from the hub")
+        for marker in (
+            "offline",
+            "localentrynotfound",
+            "connection",
+            "max retries",
+            "resolve",
+            "cannot find the requested files",
+            "not fully cached",
+            "outgoing traffic has been disabled",
+            "fetch metadata from the hub",
+        )
     )
 
 
@@ -289,9 +299,7 @@ def _load_sdxl_embedding(pipe: Any, source: str, token: str | None, weight_name:
         raise GenerationError(
             f"SDXL textual inversion {source!r} must hold `clip_l` and `clip_g` tensors, found {sorted(state)}"
         )
-    pipe.load_textual_inversion(
-        state["clip_l"], token=token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
-    )
+    pipe.load_textual_inversion(state["clip_l"], token=token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
     pipe.load_textual_inversion(
         state["clip_g"], token=token, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
     )

@@ -136,7 +136,7 @@ def a1111_to_compel(text: str) -> str:
             out.append(escaped)
         else:
             lead = escaped[: len(escaped) - len(escaped.lstrip())]
-            trail = escaped[len(escaped.rstrip()):]
+            trail = escaped[len(escaped.rstrip()) :]
             core = escaped.strip()
             out.append(f"{lead}({core}){_format_weight(weight)}{trail}" if core else escaped)
     return "".join(out)

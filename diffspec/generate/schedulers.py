@@ -8,7 +8,8 @@ called and swaps a scheduler the diffusers way, ``Class.from_config(base_config,
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from diffspec.errors import GenerationError
 from diffspec.tables.schedulers import SCHEDULER_TABLE, scheduler_table_entry
@@ -106,8 +107,11 @@ def make_scheduler(
         entry = SCHEDULER_TABLE[name]
         assert entry is not None
         if class_name not in compatible or entry.flow_matching != is_flow_base:
-            allowed = [n for n in compatible_names_for(str(base_class_name))
-                       if SCHEDULER_TABLE[n] is None or SCHEDULER_TABLE[n].flow_matching == is_flow_base]
+            allowed = [
+                n
+                for n in compatible_names_for(str(base_class_name))
+                if SCHEDULER_TABLE[n] is None or SCHEDULER_TABLE[n].flow_matching == is_flow_base
+            ]
             kind = "flow-matching" if is_flow_base else "noise-prediction"
             raise GenerationError(
                 f"scheduler {name!r} ({class_name}) is not compatible with this model, whose "

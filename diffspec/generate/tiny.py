@@ -52,8 +52,8 @@ def tiny_controlnet_path(folder: str | Path) -> Path:
 
 def _bytes_to_unicode() -> list[str]:
     """GPT-2/CLIP's reversible byte → printable character map, in byte order."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     chars = {b: chr(b) for b in printable}
     n = 0
@@ -391,8 +391,14 @@ def _flux_components(seed: int, mode: str) -> tuple[dict, torch.nn.Module | None
         text_encoder_2=text_encoder_2,
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
-        scheduler=_flow_scheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                                  base_image_seq_len=256, max_image_seq_len=4096),
+        scheduler=_flow_scheduler(
+            shift=1.0,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
+        ),
         image_encoder=None,
         feature_extractor=None,
     )

@@ -42,8 +42,11 @@ def unit_order(unit: WorkUnit) -> tuple[str, int]:
     return (unit.class_name, unit.index)
 
 
-def make_batches(units: Iterable[WorkUnit], size_of: Callable[[PipelineKey], int],
-                 strategy_of: Callable[[PipelineKey], str] | None = None) -> list[Batch]:
+def make_batches(
+    units: Iterable[WorkUnit],
+    size_of: Callable[[PipelineKey], int],
+    strategy_of: Callable[[PipelineKey], str] | None = None,
+) -> list[Batch]:
     """Batches of units sharing a key, at most ``size_of(key)`` units each, deterministic order.
 
     ``size_of`` and ``strategy_of`` map a PipelineKey to a batch size and a memory strategy
@@ -65,7 +68,7 @@ def make_batches(units: Iterable[WorkUnit], size_of: Callable[[PipelineKey], int
         strategy = strategy_of(key) if strategy_of else "none"
         group = by_key[key]
         for start in range(0, len(group), size):
-            batches.append(Batch(len(batches), key, tuple(group[start:start + size]), strategy))
+            batches.append(Batch(len(batches), key, tuple(group[start : start + size]), strategy))
     return batches
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,6 @@ from diffspec.plan.unit import (
 from diffspec.spec.loader import PLACEHOLDER, LoadedSpec, ResolvedClass, ResolvedParams
 from diffspec.tables.families import guidance_applies, resolve_family
 from diffspec.tables.schedulers import scheduler_entry
-from diffspec.tables.sources import resolve_source
 
 MAX_VARIANTS = 200_000
 MAX_COMBINATIONS = 10_000_000  # variants x input images: the assignment scores each one per round
@@ -130,7 +129,7 @@ def model_ref(loaded: LoadedSpec, name: str) -> ModelRef:
         use_safetensors=model.use_safetensors,
         trust_remote_code=model.trust_remote_code,
         controlnet=controlnet,
-        loras=tuple(_lora_ref(loaded.root, l) for l in model.loras),
+        loras=tuple(_lora_ref(loaded.root, lora) for lora in model.loras),
         embeddings=tuple(_embedding_ref(loaded.root, e) for e in model.embeddings),
         params_b=model.params_b,
         content=content,
@@ -167,7 +166,9 @@ def _embedding_ref(root: Path, emb: Any) -> EmbeddingRef:
     return EmbeddingRef(str(path), emb.token, emb.weight_name, _adapter_content(path, emb.weight_name))
 
 
-def _pipeline_key(loaded: LoadedSpec, cls: ResolvedClass, params: ResolvedParams, models: dict[str, ModelRef]) -> PipelineKey:
+def _pipeline_key(
+    loaded: LoadedSpec, cls: ResolvedClass, params: ResolvedParams, models: dict[str, ModelRef]
+) -> PipelineKey:
     name = params.model
     if name not in models:
         models[name] = model_ref(loaded, name)
@@ -216,13 +217,15 @@ def expand_variants(loaded: LoadedSpec, cls: ResolvedClass, models: dict[str, Mo
         used = [v for v in dict.fromkeys(m.group(1) for m in PLACEHOLDER.finditer(template)) if v not in builtins]
         if cls.expand == "zip" and used:
             length = min(len(cls.variables[v]) for v in used)
-            combos = [tuple(cls.variables[v][i] for v in used) for i in range(length)]
+            combos: Iterable[tuple[str, ...]] = [tuple(cls.variables[v][i] for v in used) for i in range(length)]
         else:
             combos = itertools.product(*(cls.variables[v] for v in used))
         for combo in combos:
             prompts.append(_render(template, {**builtins, **dict(zip(used, combo))}))
             if len(prompts) > MAX_VARIANTS:
-                raise PlanError(f"class {cls.name!r} expands to more than {MAX_VARIANTS} prompt variants; use `expand: zip` or fewer vars")
+                raise PlanError(
+                    f"class {cls.name!r} expands to more than {MAX_VARIANTS} prompt variants; use `expand: zip` or fewer vars"
+                )
     sweep_keys = sorted(cls.sweep)
     sweeps = list(itertools.product(*(cls.sweep[k] for k in sweep_keys))) or [()]
     if len(prompts) * len(sweeps) > MAX_VARIANTS:
@@ -271,12 +274,19 @@ def compile_class(loaded: LoadedSpec, cls: ResolvedClass, models: dict[str, Mode
         variant = variants[v_idx]
         inp = cls.inputs[i_idx] if cls.inputs else None
         head = "[" + _json_str(variant.prompt) + "," + _json_str(variant.negative) + ","
-        tail = ("," + (_json_str(inp.sha256) if inp else "null") + ","
-                + (_json_str(inp.mask_sha256) if inp and inp.mask_sha256 else "null") + "]").encode("utf-8")
+        tail = (
+            ","
+            + (_json_str(inp.sha256) if inp else "null")
+            + ","
+            + (_json_str(inp.mask_sha256) if inp and inp.mask_sha256 else "null")
+            + "]"
+        ).encode("utf-8")
         state = hashlib.sha256((variant.key.group_prefix() + head).encode("utf-8"))
         members = order[lo:hi]
         fingerprints[members] = list(map(_hasher(state, tail), seeds[members].tolist()))
-    return ClassUnits(cls.name, cls.label, variants, cls.inputs, indices, seeds, variant_of, input_of, fingerprints.tolist())
+    return ClassUnits(
+        cls.name, cls.label, variants, cls.inputs, indices, seeds, variant_of, input_of, fingerprints.tolist()
+    )
 
 
 def _combination_keys(cls: ResolvedClass, variants: tuple[Variant, ...]) -> np.ndarray:
@@ -286,8 +296,10 @@ def _combination_keys(cls: ResolvedClass, variants: tuple[Variant, ...]) -> np.n
     if not cls.inputs:
         return variant_keys
     if len(variants) * len(cls.inputs) > MAX_COMBINATIONS:
-        raise PlanError(f"class {cls.name!r} has {len(variants)} variants x {len(cls.inputs)} input images = "
-                        f"{len(variants) * len(cls.inputs)} combinations (limit {MAX_COMBINATIONS}); use fewer of either")
+        raise PlanError(
+            f"class {cls.name!r} has {len(variants)} variants x {len(cls.inputs)} input images = "
+            f"{len(variants) * len(cls.inputs)} combinations (limit {MAX_COMBINATIONS}); use fewer of either"
+        )
     seen: dict[str, int] = {}
     names = []
     for i in cls.inputs:
@@ -304,7 +316,8 @@ def _hasher(state: Any, tail: bytes) -> Any:
     def fingerprint(seed: int) -> str:
         h = copy()
         h.update(b"%d%s" % (seed, tail))
-        return h.hexdigest()
+        digest: str = h.hexdigest()
+        return digest
 
     return fingerprint
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from diffspec import machine as machine_probe
 from diffspec.catalog.store import Catalog, CatalogIndex
 from diffspec.plan.compile import ClassUnits, compile_spec
-from diffspec import machine as machine_probe
 from diffspec.plan.estimate import MemoryPlan, seconds_per_image
 from diffspec.plan.execution import BudgetInputs, ExecutionPlan, plan_execution
 from diffspec.plan.unit import WorkUnit
@@ -113,17 +113,28 @@ def _history(catalog: Catalog, has_rows: bool) -> dict[tuple[str, int, int, int]
     table = catalog.read_table("images", ["model_source", "width", "height", "steps", "seconds"])
     if table.num_rows == 0:
         return {}
-    grouped = table.group_by(["model_source", "width", "height", "steps"]).aggregate([("seconds", "approximate_median")])
+    grouped = table.group_by(["model_source", "width", "height", "steps"]).aggregate(
+        [("seconds", "approximate_median")]
+    )
     out = {}
     for row in grouped.to_pylist():
         if row["seconds_approximate_median"] is not None:
-            out[(row["model_source"], row["width"], row["height"], row["steps"])] = float(row["seconds_approximate_median"])
+            out[(row["model_source"], row["width"], row["height"], row["steps"])] = float(
+                row["seconds_approximate_median"]
+            )
     return out
 
 
-def build_plan(loaded: LoadedSpec, catalog: Catalog | None = None, *, executor: str | None = None,
-               workers: int | None = None, execution: ExecutionPlan | None = None,
-               machine: machine_probe.Machine | None = None, ray_address: str | None = None) -> Plan:
+def build_plan(
+    loaded: LoadedSpec,
+    catalog: Catalog | None = None,
+    *,
+    executor: str | None = None,
+    workers: int | None = None,
+    execution: ExecutionPlan | None = None,
+    machine: machine_probe.Machine | None = None,
+    ray_address: str | None = None,
+) -> Plan:
     """Compile, diff against the catalog, and decide how to run: the frozen plan `apply` executes.
 
     ``executor`` and ``workers`` override the spec's budget (``--executor``, ``--workers``);
@@ -141,14 +152,24 @@ def build_plan(loaded: LoadedSpec, catalog: Catalog | None = None, *, executor: 
             gc.enable()
 
 
-def _build_plan(loaded: LoadedSpec, catalog: Catalog | None, executor: str | None, workers: int | None,
-                execution: ExecutionPlan | None, machine: machine_probe.Machine | None,
-                ray_address: str | None = None) -> Plan:
+def _build_plan(
+    loaded: LoadedSpec,
+    catalog: Catalog | None,
+    executor: str | None,
+    workers: int | None,
+    execution: ExecutionPlan | None,
+    machine: machine_probe.Machine | None,
+    ray_address: str | None = None,
+) -> Plan:
     import pyarrow as pa
 
     catalog = catalog or Catalog(loaded.output)
     compiled = compile_spec(loaded)
-    index = catalog.index() if catalog.exists() else CatalogIndex([], pa.array([], pa.string()), catalog.state(), None, frozenset())
+    index = (
+        catalog.index()
+        if catalog.exists()
+        else CatalogIndex([], pa.array([], pa.string()), catalog.state(), None, frozenset())
+    )
 
     names = list(compiled)
     offsets = np.cumsum([0] + [len(compiled[n]) for n in names])
@@ -193,10 +214,15 @@ def _build_plan(loaded: LoadedSpec, catalog: Catalog | None, executor: str | Non
     removal_counts = Counter(gone_classes)
 
     if execution is None:
-        keys = [v.key for n in names for v in compiled[n].variants]
-        execution = plan_execution(BudgetInputs.from_budget(loaded.spec.budget), keys,
-                                   machine or machine_probe.probe_machine(), executor=executor, workers=workers,
-                                   ray_address=ray_address)
+        pipeline_keys = [v.key for n in names for v in compiled[n].variants]
+        execution = plan_execution(
+            BudgetInputs.from_budget(loaded.spec.budget),
+            pipeline_keys,
+            machine or machine_probe.probe_machine(),
+            executor=executor,
+            workers=workers,
+            ray_address=ray_address,
+        )
     history: dict[tuple[str, int, int, int], float] | None = None  # read only if something is to be made
     classes: list[ClassPlan] = []
     create_index: dict[str, np.ndarray] = {}
@@ -227,32 +253,52 @@ def _build_plan(loaded: LoadedSpec, catalog: Catalog | None, executor: str | Non
         first_key = units.variants[0].key if units.variants else None
         if memory is None:
             memory = execution.decision(first_key) if first_key else MemoryPlan("cpu", 0, 0, 0, "none", 1, True, "-")
-        classes.append(ClassPlan(
-            name=name,
-            label=units.label,
-            model=cls.params.model,
-            family=first_key.model.family if first_key else "-",
-            mode=cls.params.mode,
-            size=cls.params.size,
-            steps=cls.params.steps,
-            target=cls.target,
-            create=len(to_make),
-            keep=keep,
-            remove=removal_counts.pop(name, 0),
-            shared=shared,
-            variants=len(units.variants),
-            est_seconds=est,
-            estimate_source=source,
-            memory=memory,
-            existing=cls.existing_count,
-            fill_to=cls.fill_to,
-        ))
+        classes.append(
+            ClassPlan(
+                name=name,
+                label=units.label,
+                model=cls.params.model,
+                family=first_key.model.family if first_key else "-",
+                mode=cls.params.mode,
+                size=cls.params.size,
+                steps=cls.params.steps,
+                target=cls.target,
+                create=len(to_make),
+                keep=keep,
+                remove=removal_counts.pop(name, 0),
+                shared=shared,
+                variants=len(units.variants),
+                est_seconds=est,
+                estimate_source=source,
+                memory=memory,
+                existing=cls.existing_count,
+                fill_to=cls.fill_to,
+            )
+        )
     paths = index.paths_of(gone)
     removals = tuple(Removal(fp, c, paths.get(fp, "")) for fp, c in zip(gone, gone_classes))
     # Classes that left the spec entirely still show, so their removals are visible.
     for left, count in sorted(removal_counts.items()):
-        classes.append(ClassPlan(left, left, "-", "-", "-", (0, 0), 0, 0, 0, 0, count, 0, 0, 0.0, "-",
-                                 MemoryPlan("cpu", 0, 0, 0, "none", 1, True, "-")))
+        classes.append(
+            ClassPlan(
+                left,
+                left,
+                "-",
+                "-",
+                "-",
+                (0, 0),
+                0,
+                0,
+                0,
+                0,
+                count,
+                0,
+                0,
+                0.0,
+                "-",
+                MemoryPlan("cpu", 0, 0, 0, "none", 1, True, "-"),
+            )
+        )
     # Show classes in the order the spec lists them (ownership above follows names, not this).
     order = {name: i for i, name in enumerate(loaded.classes)}
     classes.sort(key=lambda c: order.get(c.name, len(order)))

@@ -33,7 +33,13 @@ FAMILY_TABLE: dict[str, tuple[float, int, float, float, float]] = {
 # model offload keeps resident.
 LARGEST_COMPONENT = {"sd": 0.8, "sdxl": 0.74, "sd3": 0.3, "flux": 0.7, "kandinsky": 0.4, "builtin": 1.0}
 STRATEGIES = ("none", "attention_slicing", "vae_tiling", "model_offload", "sequential_offload")
-_FACTORS = {"none": 1.0, "attention_slicing": 0.6, "vae_tiling": 0.45, "model_offload": 0.45, "sequential_offload": 0.45}
+_FACTORS = {
+    "none": 1.0,
+    "attention_slicing": 0.6,
+    "vae_tiling": 0.45,
+    "model_offload": 0.45,
+    "sequential_offload": 0.45,
+}
 
 
 @dataclass(frozen=True)
@@ -123,7 +129,9 @@ def memory_plan(key: PipelineKey, device: str, budget: float, max_batch: int, fo
     return MemoryPlan(device, budget, weights, per_image, order[-1], 1, False, source)
 
 
-def seconds_per_image(key: PipelineKey, device: str, batch: int, history: dict[tuple[str, int, int, int], float]) -> tuple[float, str]:
+def seconds_per_image(
+    key: PipelineKey, device: str, batch: int, history: dict[tuple[str, int, int, int], float]
+) -> tuple[float, str]:
     """Estimated seconds per image: from the catalog's record if it has one, else the table."""
     recorded = history.get((key.model.source, key.width, key.height, key.steps))
     if recorded is not None:

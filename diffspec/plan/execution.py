@@ -54,13 +54,26 @@ class BudgetInputs:
     def from_budget(cls, budget: Any) -> BudgetInputs:
         devices = budget.devices if isinstance(budget.devices, str) else tuple(int(d) for d in budget.devices)
         share = getattr(budget, "gpus_per_actor", None)
-        return cls(devices, budget.vram_gb, budget.ram_gb, int(budget.max_batch), str(budget.strategy), budget.workers,
-                   float(share) if share is not None else None, bool(getattr(budget, "shared_storage", False)))
+        return cls(
+            devices,
+            budget.vram_gb,
+            budget.ram_gb,
+            int(budget.max_batch),
+            str(budget.strategy),
+            budget.workers,
+            float(share) if share is not None else None,
+            bool(getattr(budget, "shared_storage", False)),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"devices": self.devices if isinstance(self.devices, str) else list(self.devices),
-                               "vram_gb": self.vram_gb, "ram_gb": self.ram_gb, "max_batch": self.max_batch,
-                               "strategy": self.strategy, "workers": self.workers}
+        out: dict[str, Any] = {
+            "devices": self.devices if isinstance(self.devices, str) else list(self.devices),
+            "vram_gb": self.vram_gb,
+            "ram_gb": self.ram_gb,
+            "max_batch": self.max_batch,
+            "strategy": self.strategy,
+            "workers": self.workers,
+        }
         # Written only when set: plans (and plan files) that do not use Ray stay as they were.
         if self.gpus_per_actor is not None:
             out["gpus_per_actor"] = self.gpus_per_actor
@@ -72,9 +85,16 @@ class BudgetInputs:
     def from_dict(cls, data: Mapping[str, Any]) -> BudgetInputs:
         devices = data["devices"]
         share = data.get("gpus_per_actor")
-        return cls(devices if isinstance(devices, str) else tuple(int(d) for d in devices), data.get("vram_gb"),
-                   data.get("ram_gb"), int(data["max_batch"]), str(data["strategy"]), data.get("workers"),
-                   float(share) if share is not None else None, bool(data.get("shared_storage", False)))
+        return cls(
+            devices if isinstance(devices, str) else tuple(int(d) for d in devices),
+            data.get("vram_gb"),
+            data.get("ram_gb"),
+            int(data["max_batch"]),
+            str(data["strategy"]),
+            data.get("workers"),
+            float(share) if share is not None else None,
+            bool(data.get("shared_storage", False)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +113,22 @@ class RayPlan:
         return f"{self.actors} Ray actor{'s' if self.actors != 1 else ''}{share} on {where}; {writes}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"address": self.address, "actors": self.actors, "gpus_per_actor": self.gpus_per_actor,
-                "shared_storage": self.shared_storage}
+        return {
+            "address": self.address,
+            "actors": self.actors,
+            "gpus_per_actor": self.gpus_per_actor,
+            "shared_storage": self.shared_storage,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RayPlan:
         address = data.get("address")
-        return cls(str(address) if address else None, int(data["actors"]), float(data["gpus_per_actor"]),
-                   bool(data["shared_storage"]))
+        return cls(
+            str(address) if address else None,
+            int(data["actors"]),
+            float(data["gpus_per_actor"]),
+            bool(data["shared_storage"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,16 +142,32 @@ class GroupDecision:
 
     def to_dict(self) -> dict[str, Any]:
         m = self.memory
-        return {"group": self.group, "model": self.model, "source": self.source, "device": m.device,
-                "strategy": m.strategy, "batch_size": m.batch_size, "fits": m.fits,
-                "budget_gb": round(m.budget_gb, 3), "weights_gb": round(m.weights_gb, 4),
-                "per_image_gb": round(m.per_image_gb, 6), "parameters_from": m.source}
+        return {
+            "group": self.group,
+            "model": self.model,
+            "source": self.source,
+            "device": m.device,
+            "strategy": m.strategy,
+            "batch_size": m.batch_size,
+            "fits": m.fits,
+            "budget_gb": round(m.budget_gb, 3),
+            "weights_gb": round(m.weights_gb, 4),
+            "per_image_gb": round(m.per_image_gb, 6),
+            "parameters_from": m.source,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GroupDecision:
-        memory = MemoryPlan(str(data["device"]), float(data["budget_gb"]), float(data["weights_gb"]),
-                            float(data["per_image_gb"]), str(data["strategy"]), int(data["batch_size"]),
-                            bool(data["fits"]), str(data["parameters_from"]))
+        memory = MemoryPlan(
+            str(data["device"]),
+            float(data["budget_gb"]),
+            float(data["weights_gb"]),
+            float(data["per_image_gb"]),
+            str(data["strategy"]),
+            int(data["batch_size"]),
+            bool(data["fits"]),
+            str(data["parameters_from"]),
+        )
         return cls(str(data["group"]), str(data["model"]), str(data["source"]), memory)
 
 
@@ -147,8 +191,10 @@ class ExecutionPlan:
         gid = group_id(key)
         found = self.groups.get(gid)
         if found is None:
-            raise PlanError(f"the plan has no execution decision for the units of model {key.model.name!r} "
-                            f"(group {gid}); run `diffspec plan` again")
+            raise PlanError(
+                f"the plan has no execution decision for the units of model {key.model.name!r} "
+                f"(group {gid}); run `diffspec plan` again"
+            )
         return found.memory
 
     def strategy_for(self, key: PipelineKey) -> str:
@@ -159,11 +205,15 @@ class ExecutionPlan:
         where = ", ".join(sorted(set(self.devices)))
         if self.ray is not None:
             per = "actor"
-            return (f"{self.executor}, {self.ray.describe()}; devices {where}, "
-                    f"{self.memory_gb:.1f} GB per {per} ({self.memory_from})")
+            return (
+                f"{self.executor}, {self.ray.describe()}; devices {where}, "
+                f"{self.memory_gb:.1f} GB per {per} ({self.memory_from})"
+            )
         per = "GPU" if self.device_kind == "cuda" else "worker"
-        return (f"{self.executor}, {self.workers} worker{'s' if self.workers != 1 else ''} on {where}, "
-                f"{self.memory_gb:.1f} GB per {per} ({self.memory_from})")
+        return (
+            f"{self.executor}, {self.workers} worker{'s' if self.workers != 1 else ''} on {where}, "
+            f"{self.memory_gb:.1f} GB per {per} ({self.memory_from})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -188,16 +238,27 @@ class ExecutionPlan:
             ray = RayPlan.from_dict(data["ray"]) if data.get("ray") is not None else None
             if str(data["executor"]) == "ray" and ray is None:
                 raise KeyError("ray")
-            return cls(str(data["device_kind"]), tuple(data["devices"]), str(data["executor"]), float(data["memory_gb"]),
-                       str(data["memory_from"]), str(data["planned_on"]), BudgetInputs.from_dict(data["budget"]), groups,
-                       ray)
+            return cls(
+                str(data["device_kind"]),
+                tuple(data["devices"]),
+                str(data["executor"]),
+                float(data["memory_gb"]),
+                str(data["memory_from"]),
+                str(data["planned_on"]),
+                BudgetInputs.from_dict(data["budget"]),
+                groups,
+                ray,
+            )
         except (KeyError, TypeError, ValueError) as exc:
-            raise PlanError(f"the plan file's execution section is damaged ({type(exc).__name__}: {exc}); "
-                            "run `diffspec plan --out` again") from None
+            raise PlanError(
+                f"the plan file's execution section is damaged ({type(exc).__name__}: {exc}); "
+                "run `diffspec plan --out` again"
+            ) from None
 
 
-def _devices(budget: BudgetInputs, machine: Machine, workers: int | None,
-             decide_here: bool = False) -> tuple[str, tuple[str, ...], float, str]:
+def _devices(
+    budget: BudgetInputs, machine: Machine, workers: int | None, decide_here: bool = False
+) -> tuple[str, tuple[str, ...], float, str]:
     """(device kind, one device per worker, memory per worker in GB, where that figure came from).
 
     At plan time a VRAM budget with ``devices: auto`` plans for GPUs even on a machine without
@@ -216,8 +277,10 @@ def _devices(budget: BudgetInputs, machine: Machine, workers: int | None,
         else:
             measured = machine.gpu_memory_gb(indices)
             if measured is None:
-                raise PlanError("budget.devices lists GPUs, this machine has none to measure and the budget gives "
-                                "no `vram_gb`: set budget.vram_gb to the memory of the GPUs the run will use")
+                raise PlanError(
+                    "budget.devices lists GPUs, this machine has none to measure and the budget gives "
+                    "no `vram_gb`: set budget.vram_gb to the memory of the GPUs the run will use"
+                )
             memory, source = measured * GPU_USABLE_SHARE, f"{GPU_USABLE_SHARE:.0%} of the GPU ({machine.probe})"
         if indices is not None:
             devices = tuple(f"cuda:{i}" for i in indices)
@@ -247,8 +310,10 @@ def choose_executor(requested: str | None, workers: int, ray_address: str | None
     if ray_address and requested in (None, "", "auto"):
         requested = "ray"  # an address says where to run
     if ray_address and requested != "ray":
-        raise PlanError(f"--ray-address is for the ray executor, and the plan asks for --executor {requested}; "
-                        "leave out one of the two")
+        raise PlanError(
+            f"--ray-address is for the ray executor, and the plan asks for --executor {requested}; "
+            "leave out one of the two"
+        )
     if requested in (None, "", "auto"):
         return "inprocess" if workers == 1 else "processes"
     if requested in FUTURE_EXECUTORS:
@@ -258,13 +323,16 @@ def choose_executor(requested: str | None, workers: int, ray_address: str | None
     if requested == "ray" and not ray_available():
         raise PlanError(f"--executor ray needs Ray, which is not installed here: {RAY_EXTRA}")
     if requested == "inprocess" and workers > 1:
-        raise PlanError(f"the inprocess executor runs one worker and the plan has {workers} "
-                        "(budget.workers or --workers, or one per GPU); use --executor processes or --workers 1")
+        raise PlanError(
+            f"the inprocess executor runs one worker and the plan has {workers} "
+            "(budget.workers or --workers, or one per GPU); use --executor processes or --workers 1"
+        )
     return requested
 
 
-def ray_actors(budget: BudgetInputs, kind: str, devices: tuple[str, ...], memory: float, source: str,
-               address: str | None) -> tuple[tuple[str, ...], float, str, RayPlan]:
+def ray_actors(
+    budget: BudgetInputs, kind: str, devices: tuple[str, ...], memory: float, source: str, address: str | None
+) -> tuple[tuple[str, ...], float, str, RayPlan]:
     """The Ray executor's actors: one per GPU, or ``1 / gpus_per_actor`` per GPU sharing its
     memory; on the CPU one per planned worker. Returns (one device per actor, memory per actor,
     where that figure came from, the Ray decisions)."""
@@ -278,9 +346,15 @@ def ray_actors(budget: BudgetInputs, kind: str, devices: tuple[str, ...], memory
     return devices, memory, source, RayPlan(address or None, len(devices), share, budget.shared_storage)
 
 
-def plan_execution(budget: BudgetInputs, keys: Iterable[PipelineKey], machine: Machine, *,
-                   executor: str | None = None, workers: int | None = None,
-                   ray_address: str | None = None) -> ExecutionPlan:
+def plan_execution(
+    budget: BudgetInputs,
+    keys: Iterable[PipelineKey],
+    machine: Machine,
+    *,
+    executor: str | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
+) -> ExecutionPlan:
     kind, devices, memory, source = _devices(budget, machine, workers)
     chosen = choose_executor(executor, len(devices), ray_address)
     ray: RayPlan | None = None
@@ -306,24 +380,46 @@ def check_machine(execution: ExecutionPlan, machine: Machine) -> list[Mismatch]:
     budget = execution.budget
     if execution.device_kind == "cuda":
         if not machine.has_gpu:
-            return [Mismatch("device_kind", f"the plan runs on CUDA GPUs ({', '.join(execution.devices)}) and this "
-                                            f"machine has none ({machine.describe()})")]
+            return [
+                Mismatch(
+                    "device_kind",
+                    f"the plan runs on CUDA GPUs ({', '.join(execution.devices)}) and this "
+                    f"machine has none ({machine.describe()})",
+                )
+            ]
         indices = budget.devices if isinstance(budget.devices, tuple) else None
         if indices is not None:
             present = {g.index for g in machine.gpus}
             missing = [i for i in indices if i not in present]
             if missing:
-                return [Mismatch("missing_gpu", f"the plan uses GPU {', '.join(map(str, missing))} (budget.devices) and "
-                                                f"this machine has {len(machine.gpus)} GPU{'s' if len(machine.gpus) != 1 else ''}")]
+                return [
+                    Mismatch(
+                        "missing_gpu",
+                        f"the plan uses GPU {', '.join(map(str, missing))} (budget.devices) and "
+                        f"this machine has {len(machine.gpus)} GPU{'s' if len(machine.gpus) != 1 else ''}",
+                    )
+                ]
         have = machine.gpu_memory_gb(indices) or 0.0
-        per_gpu = execution.memory_gb / (execution.ray.gpus_per_actor if execution.ray and execution.ray.gpus_per_actor else 1.0)
+        per_gpu = execution.memory_gb / (
+            execution.ray.gpus_per_actor if execution.ray and execution.ray.gpus_per_actor else 1.0
+        )
         if execution.memory_from.startswith("budget."):
             if have + 1e-6 < per_gpu:
-                return [Mismatch("memory", f"the plan assumes {per_gpu:g} GB per GPU ({execution.memory_from}) "
-                                           f"and the smallest GPU here has {have:.1f} GB")]
+                return [
+                    Mismatch(
+                        "memory",
+                        f"the plan assumes {per_gpu:g} GB per GPU ({execution.memory_from}) "
+                        f"and the smallest GPU here has {have:.1f} GB",
+                    )
+                ]
         elif abs(have * GPU_USABLE_SHARE - per_gpu) > 0.05 * per_gpu:
-            return [Mismatch("memory", f"the plan was made for GPUs of {per_gpu / GPU_USABLE_SHARE:.1f} GB "
-                                       f"and the smallest GPU here has {have:.1f} GB")]
+            return [
+                Mismatch(
+                    "memory",
+                    f"the plan was made for GPUs of {per_gpu / GPU_USABLE_SHARE:.1f} GB "
+                    f"and the smallest GPU here has {have:.1f} GB",
+                )
+            ]
         return []
     out: list[Mismatch] = []
     if machine.has_gpu and budget.devices == "auto":
@@ -332,8 +428,12 @@ def check_machine(execution: ExecutionPlan, machine: Machine) -> list[Mismatch]:
         usable = machine.ram_gb * RAM_USABLE_SHARE
         planned = execution.memory_gb * execution.workers
         if abs(usable - planned) > 0.05 * planned:
-            out.append(Mismatch("memory", f"the plan was made for {planned:.1f} GB of usable RAM and this machine has "
-                                          f"{usable:.1f} GB"))
+            out.append(
+                Mismatch(
+                    "memory",
+                    f"the plan was made for {planned:.1f} GB of usable RAM and this machine has {usable:.1f} GB",
+                )
+            )
     return out
 
 
@@ -364,19 +464,30 @@ def replan(execution: ExecutionPlan, keys: Iterable[PipelineKey], machine: Machi
                 share = execution.ray.gpus_per_actor or 1.0
                 found = tuple(d for d in found for _ in range(max(1, int(1.0 / share + 1e-9))))
             if found != execution.devices:  # one worker per GPU found; batch sizes do not change
-                ray = replace(execution.ray, actors=len(found)) if execution.ray is not None else None
-                moved = replace(execution, devices=found, executor=_executor_for(execution.executor, len(found)), ray=ray)
-                return Replanned(moved, (f"workers: {', '.join(execution.devices)} -> {', '.join(found)} "
-                                         "(devices: auto takes every GPU here)",))
+                moved_ray = replace(execution.ray, actors=len(found)) if execution.ray is not None else None
+                moved = replace(
+                    execution, devices=found, executor=_executor_for(execution.executor, len(found)), ray=moved_ray
+                )
+                return Replanned(
+                    moved,
+                    (
+                        f"workers: {', '.join(execution.devices)} -> {', '.join(found)} "
+                        "(devices: auto takes every GPU here)",
+                    ),
+                )
         return Replanned(execution, ())
     memory_free = not execution.memory_from.startswith("budget.")
     fixable = {"device_kind": budget.devices == "auto", "memory": memory_free, "missing_gpu": False}
     if not all(fixable[m.kind] for m in mismatches):
-        raise PlanError("this machine does not match the plan: " + "; ".join(m.message for m in mismatches)
-                        + ". Make the plan on this machine (`diffspec plan`), or leave the choice to the machine in "
-                        "the spec (`budget.devices: auto`, no memory figure in the budget)")
-    kind, devices, memory, source = _devices(budget, machine, execution.workers if execution.device_kind == "cpu" else None,
-                                             decide_here=True)
+        raise PlanError(
+            "this machine does not match the plan: "
+            + "; ".join(m.message for m in mismatches)
+            + ". Make the plan on this machine (`diffspec plan`), or leave the choice to the machine in "
+            "the spec (`budget.devices: auto`, no memory figure in the budget)"
+        )
+    kind, devices, memory, source = _devices(
+        budget, machine, execution.workers if execution.device_kind == "cpu" else None, decide_here=True
+    )
     ray: RayPlan | None = None
     if execution.ray is not None:
         devices, memory, source, ray = ray_actors(budget, kind, devices, memory, source, execution.ray.address)
@@ -391,7 +502,16 @@ def replan(execution: ExecutionPlan, keys: Iterable[PipelineKey], machine: Machi
         groups[gid] = GroupDecision(gid, old.model, old.source, new)
         if (new.strategy, new.batch_size) != (old.memory.strategy, old.memory.batch_size):
             changes.append(f"{old.model}: {old.memory.describe()} -> {new.describe()}")
-    fresh = ExecutionPlan(kind, devices, _executor_for(execution.executor, len(devices)), memory, source,
-                          machine.describe(), budget, groups, ray)
+    fresh = ExecutionPlan(
+        kind,
+        devices,
+        _executor_for(execution.executor, len(devices)),
+        memory,
+        source,
+        machine.describe(),
+        budget,
+        groups,
+        ray,
+    )
     changes[0] += f" -> {fresh.describe()}"
     return Replanned(fresh, tuple(changes))

@@ -35,7 +35,9 @@ def plan_file_dict(plan: Plan) -> dict[str, Any]:
         "catalog_state": plan.catalog_state,
         "output": plan.output,
         "summary": plan_to_dict(plan),
-        "create": {name: [plan.units[name].fingerprints[i] for i in idx.tolist()] for name, idx in plan.create_index.items()},
+        "create": {
+            name: [plan.units[name].fingerprints[i] for i in idx.tolist()] for name, idx in plan.create_index.items()
+        },
         "remove": [r.fingerprint for r in plan.removals],
         "execution": plan.execution.to_dict(),
     }
@@ -62,8 +64,10 @@ def load_plan(path: Path) -> Plan:
     except (OSError, ValueError) as exc:
         raise PlanError(f"cannot read plan file {path}: {exc}") from None
     if isinstance(data, dict) and data.get("format") in OLDER_FORMATS:
-        raise PlanError(f"{path} was saved by an older diffspec ({data['format']}, without execution decisions); "
-                        "run `diffspec plan --out` again")
+        raise PlanError(
+            f"{path} was saved by an older diffspec ({data['format']}, without execution decisions); "
+            "run `diffspec plan --out` again"
+        )
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise PlanError(f"{path} is not a diffspec plan file (expected format {FORMAT})")
     loaded = load_spec(data["spec_path"], profile=data.get("profile"))
@@ -84,5 +88,7 @@ def load_plan(path: Path) -> Plan:
                 f"({len(unexpected)} more to create, {len(removed)} more to remove); run `diffspec plan` again"
             )
     elif now != planned:
-        raise PlanError(f"{path} no longer matches what the spec compiles to (diffspec version change?); run `diffspec plan` again")
+        raise PlanError(
+            f"{path} no longer matches what the spec compiles to (diffspec version change?); run `diffspec plan` again"
+        )
     return plan

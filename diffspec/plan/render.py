@@ -78,18 +78,20 @@ def render_json(plan: Plan) -> str:
 def _rows(plan: Plan) -> list[list[str]]:
     rows = []
     for c in plan.classes:
-        rows.append([
-            c.name,
-            c.model,
-            f"{c.size[0]}x{c.size[1]}" if c.size[0] else "-",
-            str(c.steps) if c.steps else "-",
-            str(c.target) + (f" (fill to {c.fill_to}, {c.existing} exist)" if c.fill_to is not None else ""),
-            f"+{c.create}" if c.create else "0",
-            str(c.keep),
-            f"-{c.remove}" if c.remove else "0",
-            format_duration(c.est_seconds),
-            c.memory.describe() if c.model != "-" else "-",
-        ])
+        rows.append(
+            [
+                c.name,
+                c.model,
+                f"{c.size[0]}x{c.size[1]}" if c.size[0] else "-",
+                str(c.steps) if c.steps else "-",
+                str(c.target) + (f" (fill to {c.fill_to}, {c.existing} exist)" if c.fill_to is not None else ""),
+                f"+{c.create}" if c.create else "0",
+                str(c.keep),
+                f"-{c.remove}" if c.remove else "0",
+                format_duration(c.est_seconds),
+                c.memory.describe() if c.model != "-" else "-",
+            ]
+        )
     return rows
 
 
@@ -127,7 +129,9 @@ def render_table(plan: Plan, console: Any) -> None:
     title = escape(f"diffspec plan: {plan.dataset}" + (f" (profile {plan.profile})" if plan.profile else ""))
     table = Table(title=title, title_justify="left")
     for header in HEADERS:
-        table.add_column(header, justify="right" if header in ("steps", "create", "keep", "remove", "est. time") else "left")
+        table.add_column(
+            header, justify="right" if header in ("steps", "create", "keep", "remove", "est. time") else "left"
+        )
     for row, c in zip(_rows(plan), plan.classes):
         style = "green" if c.create else ("red" if c.remove else None)
         table.add_row(*(escape(cell) for cell in row), style=style)

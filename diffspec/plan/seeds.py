@@ -26,7 +26,8 @@ def splitmix64(values: np.ndarray) -> np.ndarray:
         z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
+        out: np.ndarray = z ^ (z >> np.uint64(31))
+        return out
 
 
 def derive_seeds(base_seed: int, stream: str, indices: np.ndarray) -> np.ndarray:
@@ -35,7 +36,8 @@ def derive_seeds(base_seed: int, stream: str, indices: np.ndarray) -> np.ndarray
     salt = np.uint64(splitmix64(np.array([base_seed ^ key64("seed:" + stream)], dtype=np.uint64))[0])
     with np.errstate(over="ignore"):
         mixed = splitmix64(indices.astype(np.uint64) ^ salt)
-    return (mixed & np.uint64(_SEED_MASK)).astype(np.int64)
+    seeds: np.ndarray = (mixed & np.uint64(_SEED_MASK)).astype(np.int64)
+    return seeds
 
 
 def combination_seeds(base_seed: int, stream: str, combo_keys: np.ndarray, rounds: np.ndarray) -> np.ndarray:
@@ -44,7 +46,8 @@ def combination_seeds(base_seed: int, stream: str, combo_keys: np.ndarray, round
     salt = np.uint64(splitmix64(np.array([base_seed ^ key64("seed:" + stream)], dtype=np.uint64))[0])
     with np.errstate(over="ignore"):
         mixed = splitmix64(splitmix64(combo_keys.astype(np.uint64) ^ salt) ^ rounds.astype(np.uint64))
-    return (mixed & np.uint64(_SEED_MASK)).astype(np.int64)
+    seeds: np.ndarray = (mixed & np.uint64(_SEED_MASK)).astype(np.int64)
+    return seeds
 
 
 def balanced_assignment(stream: str, combo_keys: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -87,7 +87,7 @@ class ModelRef:
             "variant": self.variant,
             "dtype": self.dtype,
             "controlnet": f"content:{self.controlnet_content}" if self.controlnet_content else self.controlnet,
-            "loras": [[l.identity(), l.weight_name, l.scale, l.revision] for l in self.loras],
+            "loras": [[lora.identity(), lora.weight_name, lora.scale, lora.revision] for lora in self.loras],
             "embeddings": [[e.identity(), e.token, e.weight_name] for e in self.embeddings],
         }
 
@@ -140,8 +140,9 @@ def unit_suffix(prompt: str, negative: str, seed: int, input_hash: str | None, m
     return canonical_json([prompt, negative, seed, input_hash, mask_hash])
 
 
-def fingerprint_of(key: PipelineKey, prompt: str, negative: str, seed: int,
-                   input_hash: str | None = None, mask_hash: str | None = None) -> str:
+def fingerprint_of(
+    key: PipelineKey, prompt: str, negative: str, seed: int, input_hash: str | None = None, mask_hash: str | None = None
+) -> str:
     text = key.group_prefix() + unit_suffix(prompt, negative, seed, input_hash, mask_hash)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -46,8 +46,9 @@ def _provenance(data: bytes, unit: WorkUnit) -> dict[str, str] | None:
     return text
 
 
-def adopt_orphans(units: Sequence[WorkUnit], output: Path, writer: ImageWriter,
-                  record: Callable[[list[ImageRecord]], Any]) -> set[str]:
+def adopt_orphans(
+    units: Sequence[WorkUnit], output: Path, writer: ImageWriter, record: Callable[[list[ImageRecord]], Any]
+) -> set[str]:
     """Record the whole images of ``units`` already on disk; returns their fingerprints."""
     by_folder: dict[str, list[WorkUnit]] = defaultdict(list)
     for unit in units:

@@ -41,9 +41,10 @@ from typing import Any
 
 from diffspec.atomic import remove_leftovers
 from diffspec.catalog.lock import OutputLock
-from diffspec.catalog.records import RunRecord
 from diffspec.catalog.recorder import Recorder, merge_run_parts, tidy_catalog
+from diffspec.catalog.records import RunRecord
 from diffspec.catalog.store import Catalog, new_run_id
+from diffspec.errors import DiskFullError
 from diffspec.machine import Machine
 from diffspec.plan.batches import plan_batches
 from diffspec.plan.diff import Plan
@@ -51,7 +52,6 @@ from diffspec.plan.execution import ExecutionPlan, replan
 from diffspec.plan.unit import WorkUnit
 from diffspec.run.adopt import adopt_orphans
 from diffspec.run.events import NOTABLE, RunEvent, UnitFailure, event
-from diffspec.errors import DiskFullError
 from diffspec.run.executors import EXECUTORS, Outcome, RunContext
 from diffspec.run.space import bytes_per_image, estimate_bytes, free_bytes, full_path, human, is_disk_full
 from diffspec.run.writer import ImageWriter, check_inside
@@ -150,9 +150,20 @@ class _Signals:
             signal.signal(sig, old)
 
 
-def _run_record(plan: Plan, run_id: str, phase: str, started: datetime, *, execution: ExecutionPlan, planned: int,
-                made: int = 0, skipped: int = 0, failed: int = 0, log: list[RunEvent] | None = None,
-                versions: dict[str, Any] | None = None) -> RunRecord:
+def _run_record(
+    plan: Plan,
+    run_id: str,
+    phase: str,
+    started: datetime,
+    *,
+    execution: ExecutionPlan,
+    planned: int,
+    made: int = 0,
+    skipped: int = 0,
+    failed: int = 0,
+    log: list[RunEvent] | None = None,
+    versions: dict[str, Any] | None = None,
+) -> RunRecord:
     return RunRecord(
         run_id=run_id,
         phase=phase,
@@ -182,8 +193,16 @@ def machine_for_run() -> Machine:
     return torch_machine()
 
 
-def apply_plan(plan: Plan, *, prune: bool = False, progress: bool = True, console: Any = None,
-               max_units: int | None = None, backend_factory: Any = None, machine: Machine | None = None) -> ApplyResult:
+def apply_plan(
+    plan: Plan,
+    *,
+    prune: bool = False,
+    progress: bool = True,
+    console: Any = None,
+    max_units: int | None = None,
+    backend_factory: Any = None,
+    machine: Machine | None = None,
+) -> ApplyResult:
     """Make the plan's create set, as the plan decided. See the module docstring for the steps.
 
     The plan alone says what to run and how (`Plan.execution`); before any work this machine
@@ -211,27 +230,63 @@ def apply_plan(plan: Plan, *, prune: bool = False, progress: bool = True, consol
         # Installed for the whole run, wrap-up included: a signal must never land in Python's
         # default handler half-way through the run's bookkeeping.
         with _Signals() as signals:
-            return _apply_locked(plan, units, execution, replanned, run_id, t0, started, prune=prune,
-                                 progress=progress, console=console, max_units=max_units,
-                                 backend_factory=backend_factory, stale_lock=lock.was_stale, signals=signals)
+            return _apply_locked(
+                plan,
+                units,
+                execution,
+                replanned,
+                run_id,
+                t0,
+                started,
+                prune=prune,
+                progress=progress,
+                console=console,
+                max_units=max_units,
+                backend_factory=backend_factory,
+                stale_lock=lock.was_stale,
+                signals=signals,
+            )
     finally:
         gc.unfreeze()
         lock.release()
 
 
-def _apply_locked(plan: Plan, units: list[WorkUnit], execution: ExecutionPlan, replanned: tuple[str, ...], run_id: str,
-                  t0: float, started: datetime, *, prune: bool, progress: bool, console: Any, max_units: int | None,
-                  backend_factory: Any, stale_lock: bool, signals: _Signals) -> ApplyResult:
+def _apply_locked(
+    plan: Plan,
+    units: list[WorkUnit],
+    execution: ExecutionPlan,
+    replanned: tuple[str, ...],
+    run_id: str,
+    t0: float,
+    started: datetime,
+    *,
+    prune: bool,
+    progress: bool,
+    console: Any,
+    max_units: int | None,
+    backend_factory: Any,
+    stale_lock: bool,
+    signals: _Signals,
+) -> ApplyResult:
     from diffspec.run.render import RunProgress
 
     output = Path(plan.output)
     catalog = Catalog(output)
     log: list[RunEvent] = []
     if replanned:
-        log.append(event("replanned", "this machine differs from the plan's; decided again: " + "; ".join(replanned),
-                         changes=list(replanned)))
+        log.append(
+            event(
+                "replanned",
+                "this machine differs from the plan's; decided again: " + "; ".join(replanned),
+                changes=list(replanned),
+            )
+        )
     if stale_lock:
-        log.append(event("stale_lock", "the previous run on this output did not end cleanly; its lock was released by its death"))
+        log.append(
+            event(
+                "stale_lock", "the previous run on this output did not end cleanly; its lock was released by its death"
+            )
+        )
     leftovers = remove_leftovers(output / "images") + catalog.clean_leftovers()
     if leftovers:
         log.append(event("leftovers", f"removed {leftovers} temp files of killed runs", count=leftovers))
@@ -244,7 +299,7 @@ def _apply_locked(plan: Plan, units: list[WorkUnit], execution: ExecutionPlan, r
     todo = [u for u in units if u.fingerprint not in existing]
     skipped = planned - len(todo)
     if max_units is not None:
-        todo = todo[:max(0, int(max_units))]
+        todo = todo[: max(0, int(max_units))]
     for cls in sorted({u.class_name for u in todo}):
         check_inside(output, f"images/{cls}/x.png")
 
@@ -254,30 +309,66 @@ def _apply_locked(plan: Plan, units: list[WorkUnit], execution: ExecutionPlan, r
     adopted = adopt_orphans(todo, output, ImageWriter(output, run_id, plan.dataset, labels, "unknown"), recorder)
     if adopted:
         todo = [u for u in todo if u.fingerprint not in adopted]
-        log.append(event("adopted", f"recorded {len(adopted)} whole images a killed run had written but not recorded",
-                         count=len(adopted)))
+        log.append(
+            event(
+                "adopted",
+                f"recorded {len(adopted)} whole images a killed run had written but not recorded",
+                count=len(adopted),
+            )
+        )
     batches = plan_batches(todo, execution)
     versions = package_versions()
     known_sizes = bytes_per_image(catalog) if todo else {}
     needed = estimate_bytes(todo, known_sizes)
     free = free_bytes(output)
     if todo and free < needed:
-        message = (f"the output root {output} has {human(free)} free and the {len(todo)} images to make need about "
-                   f"{human(needed)}: the run stops cleanly when the disk is full, and a later apply goes on")
+        message = (
+            f"the output root {output} has {human(free)} free and the {len(todo)} images to make need about "
+            f"{human(needed)}: the run stops cleanly when the disk is full, and a later apply goes on"
+        )
         log.append(event("low_space", message, free=free, needed=needed))
     try:
-        catalog.append_run(_run_record(plan, run_id, "started", started, execution=execution, planned=planned,
-                                       skipped=skipped, versions=versions))
+        catalog.append_run(
+            _run_record(
+                plan,
+                run_id,
+                "started",
+                started,
+                execution=execution,
+                planned=planned,
+                skipped=skipped,
+                versions=versions,
+            )
+        )
     except OSError as exc:
         if is_disk_full(exc):
             raise DiskFullError(_disk_full_message(output, todo, known_sizes, 0, exc)) from None
         raise
-    log.append(event("plan", f"plan: {planned} to create, {plan.total_keep} kept (already in the catalog), "
-                     f"{plan.total_remove} to remove", create=planned, keep=plan.total_keep, remove=plan.total_remove))
-    log.append(event("execution", f"{execution.describe()}; " + "; ".join(
-        f"{g.model}: {g.memory.describe()}" for g in sorted(execution.groups.values(), key=lambda g: g.model)),
-        executor=execution.executor, devices=list(execution.devices),
-        groups={gid: {"strategy": g.memory.strategy, "batch_size": g.memory.batch_size} for gid, g in execution.groups.items()}))
+    log.append(
+        event(
+            "plan",
+            f"plan: {planned} to create, {plan.total_keep} kept (already in the catalog), "
+            f"{plan.total_remove} to remove",
+            create=planned,
+            keep=plan.total_keep,
+            remove=plan.total_remove,
+        )
+    )
+    log.append(
+        event(
+            "execution",
+            f"{execution.describe()}; "
+            + "; ".join(
+                f"{g.model}: {g.memory.describe()}" for g in sorted(execution.groups.values(), key=lambda g: g.model)
+            ),
+            executor=execution.executor,
+            devices=list(execution.devices),
+            groups={
+                gid: {"strategy": g.memory.strategy, "batch_size": g.memory.batch_size}
+                for gid, g in execution.groups.items()
+            },
+        )
+    )
 
     context = RunContext(str(output), run_id, plan.dataset, labels, backend_factory, execution)
     runner = EXECUTORS.create(execution.executor, execution.devices, context, recorder)
@@ -348,12 +439,32 @@ def _apply_locked(plan: Plan, units: list[WorkUnit], execution: ExecutionPlan, r
         log.append(event("prune", f"removed {pruned.count} images ({pruned.bytes} bytes)", count=pruned.count))
     seconds = time.perf_counter() - t0
     if todo:
-        log.append(event("timing", f"set-up {t_setup:.2f}s, first images recorded at {t_first or 0:.2f}s, "
-                         f"last at {t_batches:.2f}s, wrap-up {seconds - t_batches:.2f}s",
-                         setup=round(t_setup, 3), first=round(t_first or 0, 3), batches=round(t_batches, 3)))
+        log.append(
+            event(
+                "timing",
+                f"set-up {t_setup:.2f}s, first images recorded at {t_first or 0:.2f}s, "
+                f"last at {t_batches:.2f}s, wrap-up {seconds - t_batches:.2f}s",
+                setup=round(t_setup, 3),
+                first=round(t_first or 0, 3),
+                batches=round(t_batches, 3),
+            )
+        )
     try:
-        catalog.append_run(_run_record(plan, run_id, phase, started, execution=execution, planned=planned, made=made,
-                                       skipped=skipped, failed=failed, log=log, versions=versions))
+        catalog.append_run(
+            _run_record(
+                plan,
+                run_id,
+                phase,
+                started,
+                execution=execution,
+                planned=planned,
+                made=made,
+                skipped=skipped,
+                failed=failed,
+                log=log,
+                versions=versions,
+            )
+        )
     except OSError as exc:  # a full disk may refuse the run's end row too; the images rows are whole
         if not is_disk_full(exc) or error is None:
             raise
@@ -390,14 +501,21 @@ def _apply_locked(plan: Plan, units: list[WorkUnit], execution: ExecutionPlan, r
     )
 
 
-def _disk_full_message(output: Path, left: list[WorkUnit], known: dict[tuple[int, int], float], recorded: int,
-                       error: BaseException | None = None) -> str:
+def _disk_full_message(
+    output: Path,
+    left: list[WorkUnit],
+    known: dict[tuple[int, int], float],
+    recorded: int,
+    error: BaseException | None = None,
+) -> str:
     where = full_path(error)
     folder = where.parent if where is not None else output
-    return (f"no space left on the filesystem holding {folder.resolve()} (output root {output.resolve()}; "
-            f"{human(free_bytes(folder))} free there): {recorded} images of this run are recorded and whole, "
-            f"{len(left)} still to make need about {human(estimate_bytes(left, known))}. "
-            "Free space there and run `diffspec apply` again: it makes only what is missing")
+    return (
+        f"no space left on the filesystem holding {folder.resolve()} (output root {output.resolve()}; "
+        f"{human(free_bytes(folder))} free there): {recorded} images of this run are recorded and whole, "
+        f"{len(left)} still to make need about {human(estimate_bytes(left, known))}. "
+        "Free space there and run `diffspec apply` again: it makes only what is missing"
+    )
 
 
 def _live_fingerprints(catalog: Catalog) -> set[str] | frozenset[str]:
@@ -407,7 +525,9 @@ def _live_fingerprints(catalog: Catalog) -> set[str] | frozenset[str]:
     return getattr(index, "fingerprint_set", None) or set(index.fingerprints)
 
 
-def _take(outcome: Outcome, log: list[RunEvent], failures: list[UnitFailure], per_class: Counter[str], view: Any) -> int:
+def _take(
+    outcome: Outcome, log: list[RunEvent], failures: list[UnitFailure], per_class: Counter[str], view: Any
+) -> int:
     """Count one outcome (its executor recorded it); returns images made."""
     if outcome.records:
         counts = Counter(r.class_name for r in outcome.records)

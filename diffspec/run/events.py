@@ -11,8 +11,18 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 #: Event kinds the progress display shows to the user as they happen.
-NOTABLE = frozenset({"oom_retry", "strategy_escalation", "worker_died", "worker_restart", "batch_failed",
-                     "load_failed", "worker_error", "replanned"})
+NOTABLE = frozenset(
+    {
+        "oom_retry",
+        "strategy_escalation",
+        "worker_died",
+        "worker_restart",
+        "batch_failed",
+        "load_failed",
+        "worker_error",
+        "replanned",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,17 +39,33 @@ def _make_conv2d(original: Any) -> Any:
     import torch
     from torch.nn.modules.utils import _pair
 
-    def conv2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Any:
+    def conv2d(
+        input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1
+    ) -> Any:
         # From 16 images on, ATen picks oneDNN for float32 whatever the thread count (checked
         # bitwise for 1x1, 3x3 and strided kernels): the common large-batch call goes straight
         # through, which keeps this wrapper's cost off big batches (it was ~3% of the quickstart).
         if input.dim() == 4 and input.shape[0] >= 16:
             return original(input, weight, bias, stride, padding, dilation, groups)
-        if (not torch.is_grad_enabled() and input.device.type == "cpu" and input.dtype == torch.float32
-                and weight.dtype == torch.float32 and input.dim() == 4 and not isinstance(padding, str)
-                and torch.backends.mkldnn.enabled and (bias is None or bias.dtype == torch.float32)):
-            return torch.mkldnn_convolution(input.contiguous(), weight.contiguous(), bias, list(_pair(padding)),
-                                            list(_pair(stride)), list(_pair(dilation)), groups)
+        if (
+            not torch.is_grad_enabled()
+            and input.device.type == "cpu"
+            and input.dtype == torch.float32
+            and weight.dtype == torch.float32
+            and input.dim() == 4
+            and not isinstance(padding, str)
+            and torch.backends.mkldnn.enabled
+            and (bias is None or bias.dtype == torch.float32)
+        ):
+            return torch.mkldnn_convolution(
+                input.contiguous(),
+                weight.contiguous(),
+                bias,
+                list(_pair(padding)),
+                list(_pair(stride)),
+                list(_pair(dilation)),
+                groups,
+            )
         return original(input, weight, bias, stride, padding, dilation, groups)
 
     conv2d.__wrapped__ = original  # type: ignore[attr-defined]

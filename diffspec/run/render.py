@@ -110,12 +110,19 @@ def render_summary(result: Any, console: Any) -> None:
     for fp, why in r.failures[:5]:
         console.print(f"  [red]failed[/] {fp[:12]}: {why}", highlight=False, markup=True)
     if r.failed > 5:
-        console.print(f"  ... and {r.failed - 5} more (see `diffspec query \"SELECT log FROM runs WHERE run_id = '{r.run_id}'\"`)",
-                      highlight=False, markup=False)
+        console.print(
+            f"  ... and {r.failed - 5} more (see `diffspec query \"SELECT log FROM runs WHERE run_id = '{r.run_id}'\"`)",
+            highlight=False,
+            markup=False,
+        )
     if r.interrupted or r.failed:
         remaining = r.remaining + r.failed
-        console.print(f"{remaining} image{'s' if remaining != 1 else ''} still to make; resume with "
-                      f"`diffspec apply {r.spec_path}` (what is recorded is kept).", highlight=False, markup=False)
+        console.print(
+            f"{remaining} image{'s' if remaining != 1 else ''} still to make; resume with "
+            f"`diffspec apply {r.spec_path}` (what is recorded is kept).",
+            highlight=False,
+            markup=False,
+        )
     elif r.made == 0 and r.planned == r.skipped:
         console.print("nothing to do: every planned image is already in the catalog.", highlight=False)
     render_stages(r.stages, console)
@@ -126,8 +133,9 @@ def render_stages(stages: dict[str, Any], console: Any) -> None:
     for f in stages.get("filters", []):
         if f.get("skipped"):
             continue
-        console.print(f"filter {f['filter']}: checked {f['checked']}, rejected {f['rejected']}", highlight=False,
-                      markup=False)
+        console.print(
+            f"filter {f['filter']}: checked {f['checked']}, rejected {f['rejected']}", highlight=False, markup=False
+        )
     for note in stages.get("notes", []):
         console.print(f"note: {note}", highlight=False, markup=False)
     if stages.get("report"):

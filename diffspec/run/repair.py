@@ -51,10 +51,18 @@ class CheckResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "output": str(self.output), "ok": self.ok, "parts_checked": self.parts, "images_checked": self.images,
-            "problems": [d.to_dict() for d in self.damages], "unrecorded_images": self.adoptable,
-            "repaired": self.repaired, "quarantined": list(self.quarantined), "tombstoned": self.tombstoned,
-            "adopted": self.adopted, "to_make": self.to_make, "notes": list(self.notes),
+            "output": str(self.output),
+            "ok": self.ok,
+            "parts_checked": self.parts,
+            "images_checked": self.images,
+            "problems": [d.to_dict() for d in self.damages],
+            "unrecorded_images": self.adoptable,
+            "repaired": self.repaired,
+            "quarantined": list(self.quarantined),
+            "tombstoned": self.tombstoned,
+            "adopted": self.adopted,
+            "to_make": self.to_make,
+            "notes": list(self.notes),
         }
 
 
@@ -101,8 +109,11 @@ def _repair(loaded: LoadedSpec, catalog: Catalog, run_id: str, found: Scan) -> C
     moved = quarantine(catalog, [output / d.path for d in found.of(DAMAGED_PART)])
     lost = found.of(MISSING_IMAGE) + found.of(DAMAGED_IMAGE)
     root = output.resolve()
-    damaged_files = [output / d.path for d in found.of(DAMAGED_IMAGE)
-                     if d.path and (output / d.path).resolve().is_relative_to(root) and (output / d.path).is_file()]
+    damaged_files = [
+        output / d.path
+        for d in found.of(DAMAGED_IMAGE)
+        if d.path and (output / d.path).resolve().is_relative_to(root) and (output / d.path).is_file()
+    ]
     moved += quarantine(catalog, damaged_files)
     # Tombstones before anything else reads the catalog again: the units become work to do.
     catalog.tombstone([(d.fingerprint, d.path) for d in lost if d.fingerprint], run_id)
@@ -113,30 +124,52 @@ def _repair(loaded: LoadedSpec, catalog: Catalog, run_id: str, found: Scan) -> C
         notes.append("a runs part was quarantined: the history of those runs is gone, their images are not")
     if any(d.detail.split(" ")[0] not in ("images", "runs", "removed") for d in found.of(DAMAGED_PART)):
         notes.append("a stage part was quarantined: the next apply runs that stage again over the images it lacks")
-    return CheckResult(output, found.damages, found.parts, found.images, adoptable=adopted, repaired=True,
-                       quarantined=tuple(str(p.relative_to(output)) for p in moved), tombstoned=len(lost),
-                       adopted=adopted, to_make=to_make, notes=tuple(notes))
+    return CheckResult(
+        output,
+        found.damages,
+        found.parts,
+        found.images,
+        adoptable=adopted,
+        repaired=True,
+        quarantined=tuple(str(p.relative_to(output)) for p in moved),
+        tombstoned=len(lost),
+        adopted=adopted,
+        to_make=to_make,
+        notes=tuple(notes),
+    )
 
 
 def render_check(result: CheckResult, console: Any) -> None:
     from rich.markup import escape
 
-    console.print(f"checked {result.parts} catalog part{'s' if result.parts != 1 else ''} and "
-                  f"{result.images} image{'s' if result.images != 1 else ''} under {escape(str(result.output))}", highlight=False)
+    console.print(
+        f"checked {result.parts} catalog part{'s' if result.parts != 1 else ''} and "
+        f"{result.images} image{'s' if result.images != 1 else ''} under {escape(str(result.output))}",
+        highlight=False,
+    )
     for d in result.damages:
         console.print(f"  [red]{d.kind}[/] {escape(d.path)}: {escape(d.detail)}", highlight=False)
     if result.adoptable and not result.repaired:
-        console.print(f"  [yellow]unrecorded[/] {result.adoptable} whole image{'s' if result.adoptable != 1 else ''} "
-                      "of this spec have no catalog row (--repair records them)", highlight=False)
+        console.print(
+            f"  [yellow]unrecorded[/] {result.adoptable} whole image{'s' if result.adoptable != 1 else ''} "
+            "of this spec have no catalog row (--repair records them)",
+            highlight=False,
+        )
     if result.repaired:
-        console.print(f"repaired: {len(result.quarantined)} file{'s' if len(result.quarantined) != 1 else ''} moved to "
-                      f"catalog/quarantine/, {result.tombstoned} row{'s' if result.tombstoned != 1 else ''} of lost images "
-                      f"dropped, {result.adopted} image{'s' if result.adopted != 1 else ''} recorded from their files; "
-                      f"the next apply makes {result.to_make}", highlight=False)
+        console.print(
+            f"repaired: {len(result.quarantined)} file{'s' if len(result.quarantined) != 1 else ''} moved to "
+            f"catalog/quarantine/, {result.tombstoned} row{'s' if result.tombstoned != 1 else ''} of lost images "
+            f"dropped, {result.adopted} image{'s' if result.adopted != 1 else ''} recorded from their files; "
+            f"the next apply makes {result.to_make}",
+            highlight=False,
+        )
         for note in result.notes:
             console.print(f"note: {escape(note)}", highlight=False)
     elif result.ok:
         console.print("[green]no problems[/]")
     else:
-        console.print(f"[red]{len(result.damages)} problem{'s' if len(result.damages) != 1 else ''}[/]; "
-                      "`diffspec check SPEC --repair` quarantines damaged files and rebuilds what the images hold", highlight=False)
+        console.print(
+            f"[red]{len(result.damages)} problem{'s' if len(result.damages) != 1 else ''}[/]; "
+            "`diffspec check SPEC --repair` quarantines damaged files and rebuilds what the images hold",
+            highlight=False,
+        )

@@ -45,7 +45,9 @@ class BatchOutput:
 BackendFactory = Callable[..., Any]
 
 
-def default_backend_factory(key: PipelineKey, device: str = "cpu", strategy: str = "none", dtype: str | None = None) -> Any:
+def default_backend_factory(
+    key: PipelineKey, device: str = "cpu", strategy: str = "none", dtype: str | None = None
+) -> Any:
     from diffspec.generate.backend import Backend
 
     return Backend(key, device=device, strategy=strategy, dtype=dtype)
@@ -94,9 +96,16 @@ class BatchRunner:
         self.backend = self.factory(batch.key, device=self.device, strategy=batch.strategy)
         self.load_key = lk
         self.strategy = batch.strategy
-        out.events.append(event("load", f"loaded {batch.key.model.source} ({batch.key.mode}) on {self.device} "
-                                f"with strategy {batch.strategy} in {time.perf_counter() - t0:.1f}s",
-                                worker=self.worker, device=self.device, model=batch.key.model.source))
+        out.events.append(
+            event(
+                "load",
+                f"loaded {batch.key.model.source} ({batch.key.mode}) on {self.device} "
+                f"with strategy {batch.strategy} in {time.perf_counter() - t0:.1f}s",
+                worker=self.worker,
+                device=self.device,
+                model=batch.key.model.source,
+            )
+        )
         return self.backend
 
     def close(self, collect: bool = True) -> None:
@@ -145,7 +154,7 @@ class BatchRunner:
         key = batch.key
         cap = min(self.caps.get(key, len(batch.units)), len(batch.units))
         todo: deque[tuple[WorkUnit, ...]] = deque(
-            tuple(batch.units[i:i + cap]) for i in range(0, len(batch.units), cap)
+            tuple(batch.units[i : i + cap]) for i in range(0, len(batch.units), cap)
         )
         isolated: set[str] = set()  # units retried alone after an error
         while todo:
@@ -159,9 +168,16 @@ class BatchRunner:
                     if len(chunk) > 1:
                         half = (len(chunk) + 1) // 2
                         self.caps[key] = min(self.caps.get(key, half), half)
-                        out.events.append(event(
-                            "oom_retry", f"out of memory at batch {len(chunk)} on {self.device}: retrying at batch {half}",
-                            worker=self.worker, device=self.device, batch=len(chunk), new_batch=half))
+                        out.events.append(
+                            event(
+                                "oom_retry",
+                                f"out of memory at batch {len(chunk)} on {self.device}: retrying at batch {half}",
+                                worker=self.worker,
+                                device=self.device,
+                                batch=len(chunk),
+                                new_batch=half,
+                            )
+                        )
                         todo.appendleft(chunk[half:])
                         todo.appendleft(chunk[:half])
                         continue
@@ -171,27 +187,47 @@ class BatchRunner:
                         try:
                             backend.set_strategy(nxt)
                             self.strategy = nxt
-                            out.events.append(event(
-                                "strategy_escalation", f"out of memory at batch 1 on {self.device}: memory strategy {current} -> {nxt}",
-                                worker=self.worker, device=self.device, old=current, new=nxt))
+                            out.events.append(
+                                event(
+                                    "strategy_escalation",
+                                    f"out of memory at batch 1 on {self.device}: memory strategy {current} -> {nxt}",
+                                    worker=self.worker,
+                                    device=self.device,
+                                    old=current,
+                                    new=nxt,
+                                )
+                            )
                             todo.appendleft(chunk)
                             continue
                         except Exception as exc2:  # the escalation itself failed: give up on the unit
                             exc = exc2
                     message = f"out of memory on {self.device} at batch 1 with strategy {current}: {_short(exc)}"
-                    out.events.append(event("unit_failed", message, worker=self.worker, fingerprint=chunk[0].fingerprint))
+                    out.events.append(
+                        event("unit_failed", message, worker=self.worker, fingerprint=chunk[0].fingerprint)
+                    )
                     out.failures.append(UnitFailure(chunk[0].fingerprint, message))
                     continue
                 if len(chunk) > 1:
-                    out.events.append(event("isolate", f"batch of {len(chunk)} raised {_short(exc)}; retrying its units one by one",
-                                            worker=self.worker))
+                    out.events.append(
+                        event(
+                            "isolate",
+                            f"batch of {len(chunk)} raised {_short(exc)}; retrying its units one by one",
+                            worker=self.worker,
+                        )
+                    )
                     for unit in reversed(chunk):
                         todo.appendleft((unit,))
                         isolated.add(unit.fingerprint)
                     continue
                 message = _short(exc)
-                out.events.append(event("unit_failed", f"{chunk[0].class_name}[{chunk[0].index}] failed: {message}",
-                                        worker=self.worker, fingerprint=chunk[0].fingerprint))
+                out.events.append(
+                    event(
+                        "unit_failed",
+                        f"{chunk[0].class_name}[{chunk[0].index}] failed: {message}",
+                        worker=self.worker,
+                        fingerprint=chunk[0].fingerprint,
+                    )
+                )
                 out.failures.append(UnitFailure(chunk[0].fingerprint, message))
                 continue
             by_fp = {g.fingerprint: g for g in images}

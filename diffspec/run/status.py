@@ -34,8 +34,10 @@ class ClassStatus:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["class"] = d.pop("name")
-        return {k: d[k] for k in ("class", "target", "done", "remaining", "obsolete", "rejected", "quality",
-                                  "seconds_per_image")}
+        return {
+            k: d[k]
+            for k in ("class", "target", "done", "remaining", "obsolete", "rejected", "quality", "seconds_per_image")
+        }
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,10 @@ class StatusReport:
     last_run: RunSummary | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"classes": [c.to_dict() for c in self.classes],
-                "last_run": self.last_run.to_dict() if self.last_run else None}
+        return {
+            "classes": [c.to_dict() for c in self.classes],
+            "last_run": self.last_run.to_dict() if self.last_run else None,
+        }
 
 
 def last_run(catalog: Catalog) -> RunSummary | None:
@@ -86,10 +90,16 @@ def last_run(catalog: Catalog) -> RunSummary | None:
             kept += int(entry.get("keep") or 0)
     started, ended = row["started_at"], row.get("ended_at")
     return RunSummary(
-        run_id=row["run_id"], phase=row["phase"], started_at=started.isoformat(timespec="seconds"),
-        ended_at=ended.isoformat(timespec="seconds") if ended else None, executor=row.get("executor"),
-        planned=int(row.get("planned") or 0), made=int(row.get("made") or 0), kept=kept + int(row.get("skipped") or 0),
-        adopted=adopted, failed=int(row.get("failed") or 0),
+        run_id=row["run_id"],
+        phase=row["phase"],
+        started_at=started.isoformat(timespec="seconds"),
+        ended_at=ended.isoformat(timespec="seconds") if ended else None,
+        executor=row.get("executor"),
+        planned=int(row.get("planned") or 0),
+        made=int(row.get("made") or 0),
+        kept=kept + int(row.get("skipped") or 0),
+        adopted=adopted,
+        failed=int(row.get("failed") or 0),
         seconds=(ended - started).total_seconds() if ended else None,
     )
 
@@ -104,8 +114,11 @@ def _seconds_per_image(catalog: Catalog, live: set[str]) -> dict[str, float]:
     if table.num_rows == 0:
         return {}
     grouped = table.group_by("class_name").aggregate([("seconds", "approximate_median")])
-    return {r["class_name"]: float(r["seconds_approximate_median"]) for r in grouped.to_pylist()
-            if r["seconds_approximate_median"] is not None}
+    return {
+        r["class_name"]: float(r["seconds_approximate_median"])
+        for r in grouped.to_pylist()
+        if r["seconds_approximate_median"] is not None
+    }
 
 
 def _latest(catalog: Catalog, stage: str, keys: tuple[str, ...], column: str) -> dict[tuple[Any, ...], Any]:
@@ -138,16 +151,18 @@ def class_status(loaded: LoadedSpec, plan: Plan, catalog: Catalog) -> StatusRepo
     rows = []
     for c in plan.classes:
         values = recognised.get(c.name, [])
-        rows.append(ClassStatus(
-            name=c.name,
-            target=c.target,
-            done=c.keep,
-            remaining=c.create,
-            obsolete=c.remove,
-            rejected=len(rejected.get(c.name, ())),
-            quality=sum(values) / len(values) if values else None,
-            seconds_per_image=timing.get(c.name),
-        ))
+        rows.append(
+            ClassStatus(
+                name=c.name,
+                target=c.target,
+                done=c.keep,
+                remaining=c.create,
+                obsolete=c.remove,
+                rejected=len(rejected.get(c.name, ())),
+                quality=sum(values) / len(values) if values else None,
+                seconds_per_image=timing.get(c.name),
+            )
+        )
     return StatusReport(tuple(rows), last_run(catalog))
 
 
@@ -161,7 +176,8 @@ def render_status(report: StatusReport, console: Any) -> None:
         table.add_column(col, justify="left" if col == "class" else "right")
     for r in rows:
         table.add_row(
-            escape(r.name), str(r.target),
+            escape(r.name),
+            str(r.target),
             f"[green]{r.done}[/]" if r.done and not r.remaining else str(r.done),
             f"[yellow]{r.remaining}[/]" if r.remaining else "0",
             f"[red]{r.obsolete}[/]" if r.obsolete else "0",
@@ -170,15 +186,25 @@ def render_status(report: StatusReport, console: Any) -> None:
             _seconds(r.seconds_per_image),
         )
     if len(rows) > 1:
-        table.add_row("[bold]total", *(f"[bold]{sum(getattr(r, f) for r in rows)}"
-                                       for f in ("target", "done", "remaining", "obsolete", "rejected")), "", "")
+        table.add_row(
+            "[bold]total",
+            *(
+                f"[bold]{sum(getattr(r, f) for r in rows)}"
+                for f in ("target", "done", "remaining", "obsolete", "rejected")
+            ),
+            "",
+            "",
+        )
     console.print(table)
     run = report.last_run
     if run is not None:
         took = f" in {run.seconds:.1f}s" if run.seconds is not None else ""
-        console.print(f"last run {run.run_id} ({run.phase}, started {run.started_at}{took}): made {run.made}, "
-                      f"kept {run.kept} already there, adopted {run.adopted}, failed {run.failed}",
-                      highlight=False, markup=False)
+        console.print(
+            f"last run {run.run_id} ({run.phase}, started {run.started_at}{took}): made {run.made}, "
+            f"kept {run.kept} already there, adopted {run.adopted}, failed {run.failed}",
+            highlight=False,
+            markup=False,
+        )
 
 
 def _seconds(value: float | None) -> str:

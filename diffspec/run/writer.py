@@ -94,7 +94,9 @@ def encode_png(image: Any, meta: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
-def encode_items(items: Sequence[tuple[WorkUnit, Any]], scheduler_configs: dict[Any, dict[str, Any]]) -> list[tuple[WorkUnit, bytes]]:
+def encode_items(
+    items: Sequence[tuple[WorkUnit, Any]], scheduler_configs: dict[Any, dict[str, Any]]
+) -> list[tuple[WorkUnit, bytes]]:
     """(unit, PIL image) pairs as (unit, PNG bytes with the unit's provenance)."""
     return [(unit, encode_png(image, png_metadata(unit, scheduler_configs.get(unit.key)))) for unit, image in items]
 
@@ -129,7 +131,9 @@ class ImageWriter:
         finally:
             os.close(fd)
 
-    def write_files(self, items: Sequence[tuple[WorkUnit, Any]], scheduler_configs: dict[Any, dict[str, Any]]) -> list[Written]:
+    def write_files(
+        self, items: Sequence[tuple[WorkUnit, Any]], scheduler_configs: dict[Any, dict[str, Any]]
+    ) -> list[Written]:
         """Write (unit, PIL image) pairs; returns what was written, durable on return."""
         return self.write_encoded(encode_items(items, scheduler_configs))
 
@@ -159,9 +163,15 @@ class ImageWriter:
             raise DiffspecError(f"refusing to write {relpath!r}: not a plain file name")
         return folders[folder] / name
 
-    def records(self, written: Sequence[Written], seconds: dict[str, float], batch_sizes: dict[str, int],
-                scheduler_configs: dict[Any, dict[str, Any]], dtype: str | None = None,
-                timed: bool = True) -> list[ImageRecord]:
+    def records(
+        self,
+        written: Sequence[Written],
+        seconds: dict[str, float],
+        batch_sizes: dict[str, int],
+        scheduler_configs: dict[Any, dict[str, Any]],
+        dtype: str | None = None,
+        timed: bool = True,
+    ) -> list[ImageRecord]:
         """Catalog records of written images. ``timed=False``: the time and batch size are
         unknown (adopted images, whose own run died before recording them)."""
         now = datetime.now(timezone.utc)
@@ -171,20 +181,42 @@ class ImageWriter:
             key = w.unit.key
             if key not in configs:
                 configs[key] = json.dumps(scheduler_configs.get(key) or {}, sort_keys=True)
-            out.append(image_record(
-                w.unit, path=w.path, sha256=w.sha256, nbytes=w.bytes, run_id=self.run_id, dataset=self.dataset,
-                label=self.labels.get(w.unit.class_name, w.unit.class_name), device=self.device,
-                dtype=dtype or key.model.dtype, scheduler_config=configs[key], created_at=now,
-                seconds=float(seconds.get(w.unit.fingerprint, 0.0)) if timed else None,
-                batch_size=int(batch_sizes.get(w.unit.fingerprint, 1)) if timed else None,
-            ))
+            out.append(
+                image_record(
+                    w.unit,
+                    path=w.path,
+                    sha256=w.sha256,
+                    nbytes=w.bytes,
+                    run_id=self.run_id,
+                    dataset=self.dataset,
+                    label=self.labels.get(w.unit.class_name, w.unit.class_name),
+                    device=self.device,
+                    dtype=dtype or key.model.dtype,
+                    scheduler_config=configs[key],
+                    created_at=now,
+                    seconds=float(seconds.get(w.unit.fingerprint, 0.0)) if timed else None,
+                    batch_size=int(batch_sizes.get(w.unit.fingerprint, 1)) if timed else None,
+                )
+            )
         return out
 
 
-def image_record(unit: WorkUnit, *, path: str, sha256: str | None, nbytes: int | None, run_id: str | None,
-                 dataset: str | None, label: str | None, device: str | None = None, dtype: str | None = None,
-                 scheduler_config: str | None = None, created_at: datetime | None = None,
-                 seconds: float | None = None, batch_size: int | None = None) -> ImageRecord:
+def image_record(
+    unit: WorkUnit,
+    *,
+    path: str,
+    sha256: str | None,
+    nbytes: int | None,
+    run_id: str | None,
+    dataset: str | None,
+    label: str | None,
+    device: str | None = None,
+    dtype: str | None = None,
+    scheduler_config: str | None = None,
+    created_at: datetime | None = None,
+    seconds: float | None = None,
+    batch_size: int | None = None,
+) -> ImageRecord:
     """The catalog record of one image of ``unit``: the one place a unit becomes a row."""
     k = unit.key
     return ImageRecord(

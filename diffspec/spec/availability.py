@@ -32,5 +32,7 @@ def check_available(spec: Spec, positions: Positions, problems: list[Problem]) -
 
 
 def _message(key: str, what: str) -> str:
-    return (f"`{key}` ({what}) does not run in this version of diffspec; it arrives in {NEXT_RELEASE}. "
-            "Remove it for now: a spec key that validates must also do something")
+    return (
+        f"`{key}` ({what}) does not run in this version of diffspec; it arrives in {NEXT_RELEASE}. "
+        "Remove it for now: a spec key that validates must also do something"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -96,7 +97,7 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
-def _message(error: dict[str, Any], key: str, value: Any, found: bool) -> str:
+def _message(error: Mapping[str, Any], key: str, value: Any, found: bool) -> str:
     kind = error["type"]
     msg: str = error["msg"]
     ctx = error.get("ctx") or {}
@@ -138,7 +139,7 @@ def problems_from_validation(
         if error["type"] == "missing" and not found and path and isinstance(path[-1], int):
             # A fixed-length list (e.g. size: [512]) is one item short: report it at the list.
             path, value, _ = _data_path(loc[:-1], data)
-            text = f"`{_key_name(path)}` has too few items (item {loc[-1] + 1} is missing), got {_show(value)}"
+            text = f"`{_key_name(path)}` has too few items (item {int(loc[-1]) + 1} is missing), got {_show(value)}"
         elif error["type"] == "extra_forbidden":
             key = str(path[-1]) if path else "spec"
             known = _model_fields_at(model, path[:-1])
@@ -158,7 +159,9 @@ def problems_from_validation(
         texts = by_path[full]
         if len(texts) > 1:
             key = _key_name(full)
-            text = f"`{key}` matches none of the allowed forms: " + "; or ".join(t.replace(f"`{key}` ", "") for t in texts)
+            text = f"`{key}` matches none of the allowed forms: " + "; or ".join(
+                t.replace(f"`{key}` ", "") for t in texts
+            )
         else:
             text = texts[0]
         where = ".".join(str(p) for p in full)

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from diffspec.errors import Problem, SpecError
+from diffspec.spec import weights
 from diffspec.spec.errors_map import problems_from_validation
 from diffspec.spec.model import Spec
 from diffspec.spec.profiles import apply_profile
@@ -31,7 +32,6 @@ from diffspec.spec.sources import (
     expand_classes_from,
     shown_path,
 )
-from diffspec.spec import weights
 from diffspec.spec.yamlio import Positions, load_yaml_file
 
 __all__ = [
@@ -80,7 +80,14 @@ def load_spec(path: str | Path, profile: str | None = None) -> LoadedSpec:
     data, positions = load_yaml_file(spec_path)
     if not isinstance(data, dict):
         got = "an empty file" if data is None else f"a {_yaml_kind(data)}"
-        raise SpecError([Problem(positions.at(()), f"a spec must be a mapping of keys (version, dataset, models, classes, ...), got {got}")])
+        raise SpecError(
+            [
+                Problem(
+                    positions.at(()),
+                    f"a spec must be a mapping of keys (version, dataset, models, classes, ...), got {got}",
+                )
+            ]
+        )
     root = spec_path.resolve().parent
     data = apply_profile(data, positions, profile)
     problems: list[Problem] = []
@@ -99,11 +106,21 @@ def load_spec(path: str | Path, profile: str | None = None) -> LoadedSpec:
     if problems:
         raise SpecError(collapse_template_problems(problems, made))
     if output == root or root.is_relative_to(output):
-        raise SpecError([Problem(positions.at(("output",)), f"output {spec.output!r} would hold the spec's own folder; choose a subfolder such as data/{spec.dataset}")])
+        raise SpecError(
+            [
+                Problem(
+                    positions.at(("output",)),
+                    f"output {spec.output!r} would hold the spec's own folder; choose a subfolder such as data/{spec.dataset}",
+                )
+            ]
+        )
     content = {
         "spec": spec.model_dump(mode="json", exclude={"profiles"}),
         "profile": profile,
-        "classes": {n: {"target": c.target, "variables": c.variables, "inputs": [[i.sha256, i.mask_sha256] for i in c.inputs]} for n, c in classes.items()},
+        "classes": {
+            n: {"target": c.target, "variables": c.variables, "inputs": [[i.sha256, i.mask_sha256] for i in c.inputs]}
+            for n, c in classes.items()
+        },
     }
     content_hash = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
     return LoadedSpec(spec_path, spec, profile, root, output, classes, content_hash, positions)

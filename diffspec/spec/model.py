@@ -7,7 +7,7 @@ validation and the compiler all read it. It imports nothing heavy.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -19,7 +19,7 @@ _NAME_RE = re.compile(NAME_PATTERN)
 Mode = Literal["txt2img", "img2img", "inpaint", "controlnet"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 Family = Literal["auto", "sd", "sdxl", "sd3", "flux", "kandinsky", "builtin"]
-Scalar = Union[str, int, float, bool, None]
+Scalar = str | int | float | bool | None
 # A plan holds every unit in memory: beyond this a typo (an extra zero or ten) is far likelier
 # than intent, and the planner would fail on memory instead of saying so.
 MAX_IMAGES_PER_CLASS = 10_000_000
@@ -142,9 +142,7 @@ PARAM_NAMES: tuple[str, ...] = tuple(GenParams.model_fields)
 class ModelSpec(StrictModel):
     """A named model: where its weights are and how to load them."""
 
-    source: str = Field(
-        description="Hub id (org/name), a local folder, or `builtin:digits` for the embedded model."
-    )
+    source: str = Field(description="Hub id (org/name), a local folder, or `builtin:digits` for the embedded model.")
     family: Family = Field("auto", description="Pipeline family; `auto` guesses from the source.")
     revision: str | None = Field(None, description="Pinned hub revision (commit sha or tag).")
     variant: str | None = Field(None, description="Weight variant, e.g. `fp16`.")
@@ -183,7 +181,7 @@ class FileValues(StrictModel):
     limit: Annotated[int, Field(ge=1)] | None = None
 
 
-VarValues = Union[list[Scalar], FileValues]
+VarValues = list[Scalar] | FileValues
 
 
 class InputSpec(StrictModel):
@@ -205,16 +203,16 @@ class InputSpec(StrictModel):
 class ClassSpec(GenParams):
     """One class of the dataset: how many images and how they are prompted."""
 
-    target: Annotated[int, Field(ge=0, le=MAX_IMAGES_PER_CLASS)] | None = Field(None, description="Number of images to make.")
+    target: Annotated[int, Field(ge=0, le=MAX_IMAGES_PER_CLASS)] | None = Field(
+        None, description="Number of images to make."
+    )
     fill_to: Annotated[int, Field(ge=0, le=MAX_IMAGES_PER_CLASS)] | None = Field(
         None, description="Make images until `existing` plus the made ones reach this count."
     )
     existing: str | None = Field(None, description="Folder of real images counted by `fill_to`.")
     prompt: str | list[str] = Field(description="Prompt template(s) with {var} placeholders.")
     vars: dict[str, VarValues] = Field(default_factory=dict)
-    expand: Literal["product", "zip"] = Field(
-        "product", description="Combine vars as a cartesian product or zip them."
-    )
+    expand: Literal["product", "zip"] = Field("product", description="Combine vars as a cartesian product or zip them.")
     sweep: dict[Literal["guidance", "steps", "scheduler", "strength", "model", "size"], list[Any]] = Field(
         default_factory=dict, description="Parameter values spread over the class's images like vars."
     )
@@ -250,14 +248,14 @@ class ClassesFrom(StrictModel):
     file: str = Field(description="CSV, TXT or JSONL file relative to the spec.")
     name: str | None = Field(None, description="Column / field holding the class name (TXT: the line).")
     limit: Annotated[int, Field(ge=1)] | None = None
-    template: dict[str, Any] = Field(
-        description="A class spec; each row's columns are vars available as {column}."
-    )
+    template: dict[str, Any] = Field(description="A class spec; each row's columns are vars available as {column}.")
 
 
 class Budget(StrictModel):
     vram_gb: Annotated[float, Field(gt=0)] | None = Field(None, description="Memory per GPU to plan for.")
-    ram_gb: Annotated[float, Field(gt=0)] | None = Field(None, description="Host memory to plan for (CPU runs, offload).")
+    ram_gb: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="Host memory to plan for (CPU runs, offload)."
+    )
     devices: Literal["auto", "cpu"] | list[Annotated[int, Field(ge=0)]] = "auto"
     max_batch: Annotated[int, Field(ge=1, le=1024)] = 8
     workers: Annotated[int, Field(ge=1, le=64)] | None = Field(
@@ -268,8 +266,9 @@ class Budget(StrictModel):
         None, description="Ray executor: the share of a GPU each actor takes (0.5: two actors per GPU); default 1."
     )
     shared_storage: bool = Field(
-        False, description="Ray executor: every node mounts the output root at the same path, so actors write "
-                           "the image files themselves (see docs/ray.md)."
+        False,
+        description="Ray executor: every node mounts the output root at the same path, so actors write "
+        "the image files themselves (see docs/ray.md).",
     )
 
 

@@ -39,8 +39,10 @@ def _inside_any(path: Path, roots: list[Path]) -> bool:
 
 
 def _refusal(what: str, given: str, resolved: Path, root: Path) -> str:
-    return (f"{what} {given!r} resolves to {resolved}, outside the spec's folder {root}: a spec reads only files "
-            f"under its own folder (move or link the data there, or allow the folder with {ALLOW_ENV}=/path)")
+    return (
+        f"{what} {given!r} resolves to {resolved}, outside the spec's folder {root}: a spec reads only files "
+        f"under its own folder (move or link the data there, or allow the folder with {ALLOW_ENV}=/path)"
+    )
 
 
 def readable_file(root: Path, given: str, what: str, where: Position | None, problems: list[Problem]) -> Path | None:
@@ -67,14 +69,21 @@ def glob_allowed(root: Path, pattern: str, what: str, where: Position | None, pr
     if PurePath(pattern).is_absolute() or not _inside_any(prefix, allowed_roots(root)):
         problems.append(Problem(where, _refusal(what, pattern, prefix, root.resolve())))
         return False
-    if ".." in parts[len(fixed):]:
+    if ".." in parts[len(fixed) :]:
         problems.append(Problem(where, f"{what} {pattern!r}: `..` after a wildcard is not allowed"))
         return False
     return True
 
 
-def matches_allowed(root: Path, matches: list[Path], output: Path | None, what: str, pattern: str,
-                    where: Position | None, problems: list[Problem]) -> list[Path]:
+def matches_allowed(
+    root: Path,
+    matches: list[Path],
+    output: Path | None,
+    what: str,
+    pattern: str,
+    where: Position | None,
+    problems: list[Problem],
+) -> list[Path]:
     """Drop nothing silently: a match that a symlink leads outside, or that lies in the output
     root, is a problem."""
     roots = allowed_roots(root)
@@ -84,8 +93,13 @@ def matches_allowed(root: Path, matches: list[Path], output: Path | None, what: 
             problems.append(Problem(where, _refusal(what, pattern, m, root.resolve())))
             return []
         if output is not None and _inside_any(m, [output]):
-            problems.append(Problem(where, f"{what} {pattern!r} matches {m}, inside the output root {output}: "
-                                           "generated images must not feed the spec's own inputs"))
+            problems.append(
+                Problem(
+                    where,
+                    f"{what} {pattern!r} matches {m}, inside the output root {output}: "
+                    "generated images must not feed the spec's own inputs",
+                )
+            )
             return []
         kept.append(m)
     return kept
@@ -93,6 +107,9 @@ def matches_allowed(root: Path, matches: list[Path], output: Path | None, what: 
 
 def existing_problem(folder: Path, given: str, output: Path, where: Position | None) -> Problem | None:
     if _inside_any(folder, [output]) or _inside_any(output, [folder]):
-        return Problem(where, f"existing {given!r} ({folder}) overlaps the output root {output}: generated images "
-                              "would count as existing ones; point it at the folder of real images")
+        return Problem(
+            where,
+            f"existing {given!r} ({folder}) overlaps the output root {output}: generated images "
+            "would count as existing ones; point it at the folder of real images",
+        )
     return None

@@ -28,11 +28,15 @@ def apply_profile(data: dict[str, Any], positions: Positions, profile: str | Non
         return data
     if not isinstance(profiles, dict) or profile not in profiles:
         names = list(profiles) if isinstance(profiles, dict) else []
-        raise SpecError([
-            Problem(positions.at(("profiles",)),
+        raise SpecError(
+            [
+                Problem(
+                    positions.at(("profiles",)),
                     f"unknown profile {profile!r}{did_you_mean(profile, names)}"
-                    + (f" (profiles: {', '.join(names)})" if names else " (this spec defines no profiles)"))
-        ])
+                    + (f" (profiles: {', '.join(names)})" if names else " (this spec defines no profiles)"),
+                )
+            ]
+        )
     overlay = profiles[profile]
     if not isinstance(overlay, dict):
         raise SpecError([Problem(positions.at(("profiles", profile)), f"profile {profile!r} must be a mapping")])
@@ -40,7 +44,9 @@ def apply_profile(data: dict[str, Any], positions: Positions, profile: str | Non
     only = overlay.pop(PROFILE_ONLY_KEY, None)
     forbidden = [k for k in overlay if k in ("version", "dataset", "profiles")]
     if forbidden:
-        raise SpecError([Problem(positions.at(("profiles", profile, forbidden[0])), f"a profile cannot change `{forbidden[0]}`")])
+        raise SpecError(
+            [Problem(positions.at(("profiles", profile, forbidden[0])), f"a profile cannot change `{forbidden[0]}`")]
+        )
     merged = _deep_merge(data, overlay)
     positions.graft(positions, ("profiles", profile), ())
     if only is not None:
@@ -48,10 +54,14 @@ def apply_profile(data: dict[str, Any], positions: Positions, profile: str | Non
         wanted = [only] if isinstance(only, str) else list(only) if isinstance(only, list) else []
         missing = [c for c in wanted if c not in classes]
         if missing or not wanted:
-            raise SpecError([
-                Problem(positions.at(("profiles", profile, PROFILE_ONLY_KEY)),
+            raise SpecError(
+                [
+                    Problem(
+                        positions.at(("profiles", profile, PROFILE_ONLY_KEY)),
                         f"`only` must list classes of this spec; unknown: {', '.join(map(str, missing)) or only!r}"
-                        + (did_you_mean(str(missing[0]), classes) if missing else ""))
-            ])
+                        + (did_you_mean(str(missing[0]), classes) if missing else ""),
+                    )
+                ]
+            )
         merged["classes"] = {k: v for k, v in classes.items() if k in wanted}
     return merged

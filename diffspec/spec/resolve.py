@@ -62,8 +62,14 @@ def resolve_params(spec: Spec, cls: ClassSpec, model_name: str) -> ResolvedParam
     return ResolvedParams(model=model_name, size=(int(width), int(height)), scheduler_kwargs=kwargs, **values)
 
 
-def _class_model(spec: Spec, cls: ClassSpec, cpath: PathT, positions: Positions, problems: list[Problem],
-                 broken_models: frozenset[str]) -> str | None:
+def _class_model(
+    spec: Spec,
+    cls: ClassSpec,
+    cpath: PathT,
+    positions: Positions,
+    problems: list[Problem],
+    broken_models: frozenset[str],
+) -> str | None:
     """The model a class runs with, or None after reporting why there is none."""
     model_name = cls.model or spec.defaults.model
     if model_name is None and len(spec.models) + len(broken_models) == 1:
@@ -71,14 +77,24 @@ def _class_model(spec: Spec, cls: ClassSpec, cpath: PathT, positions: Positions,
     if model_name is None:
         if not broken_models:
             names = ", ".join(spec.models)
-            problems.append(Problem(positions.at(cpath), f"class {cpath[-1]!r} has no model: set defaults.model or this class's `model` (models: {names})"))
+            problems.append(
+                Problem(
+                    positions.at(cpath),
+                    f"class {cpath[-1]!r} has no model: set defaults.model or this class's `model` (models: {names})",
+                )
+            )
         return None
     if model_name in broken_models:
         return None  # its own problems are reported where it is defined
     if model_name not in spec.models:
         known = sorted(set(spec.models) | broken_models)
         where = cpath + ("model",) if cls.model else ("defaults", "model")
-        problems.append(Problem(positions.at(where), f"unknown model {model_name!r}{did_you_mean(model_name, known)} (models: {', '.join(known)})"))
+        problems.append(
+            Problem(
+                positions.at(where),
+                f"unknown model {model_name!r}{did_you_mean(model_name, known)} (models: {', '.join(known)})",
+            )
+        )
         return None
     return model_name
 
@@ -88,20 +104,26 @@ def check_models(spec: Spec, root: Path, positions: Positions, problems: list[Pr
     for name, model in spec.models.items():
         mpath: PathT = ("models", name)
         if model.defaults.model is not None:
-            problems.append(Problem(
-                positions.at(mpath + ("defaults", "model")),
-                f"model {name!r}: its `defaults` cannot choose a model; set `model` in a class or in the spec's `defaults`",
-            ))
+            problems.append(
+                Problem(
+                    positions.at(mpath + ("defaults", "model")),
+                    f"model {name!r}: its `defaults` cannot choose a model; set `model` in a class or in the spec's `defaults`",
+                )
+            )
         folder = local_folder(model.source, root)
         if model.revision is not None and folder is not None:
-            problems.append(Problem(
-                positions.at(mpath + ("revision",)),
-                f"model {name!r}: `revision` applies to hub ids only, and {model.source!r} is a local folder "
-                f"({shown_path(folder)}), which is identified by its content; remove `revision`",
-            ))
+            problems.append(
+                Problem(
+                    positions.at(mpath + ("revision",)),
+                    f"model {name!r}: `revision` applies to hub ids only, and {model.source!r} is a local folder "
+                    f"({shown_path(folder)}), which is identified by its content; remove `revision`",
+                )
+            )
 
 
-def check_templates(name: str, cls: ClassSpec, known: set[str], cpath: PathT, positions: Positions, problems: list[Problem]) -> None:
+def check_templates(
+    name: str, cls: ClassSpec, known: set[str], cpath: PathT, positions: Positions, problems: list[Problem]
+) -> None:
     templates = [cls.prompt] if isinstance(cls.prompt, str) else list(cls.prompt)
     if not templates:
         problems.append(Problem(positions.at(cpath + ("prompt",)), "`prompt` must hold at least one template"))
@@ -109,15 +131,25 @@ def check_templates(name: str, cls: ClassSpec, known: set[str], cpath: PathT, po
         tpath = cpath + ("prompt",) + ((i,) if not isinstance(cls.prompt, str) else ())
         for var in placeholders(template):
             if var not in known:
-                problems.append(Problem(
-                    positions.at(tpath),
-                    f"prompt of class {name!r} uses undefined variable {{{var}}}{did_you_mean(var, known)} "
-                    f"(defined: {', '.join(sorted(known))})",
-                ))
+                problems.append(
+                    Problem(
+                        positions.at(tpath),
+                        f"prompt of class {name!r} uses undefined variable {{{var}}}{did_you_mean(var, known)} "
+                        f"(defined: {', '.join(sorted(known))})",
+                    )
+                )
 
 
-def check_family_mode(spec: Spec, name: str, params: ResolvedParams, cls: ClassSpec, cpath: PathT,
-                      positions: Positions, problems: list[Problem], root: Path) -> None:
+def check_family_mode(
+    spec: Spec,
+    name: str,
+    params: ResolvedParams,
+    cls: ClassSpec,
+    cpath: PathT,
+    positions: Positions,
+    problems: list[Problem],
+    root: Path,
+) -> None:
     model_name = params.model
     model = spec.models[model_name]
     mode = params.mode
@@ -132,20 +164,43 @@ def check_family_mode(spec: Spec, name: str, params: ResolvedParams, cls: ClassS
         check_size(family, *params.size)
     except GenerationError as exc:
         sched_where = positions.at(cpath + ("scheduler",)) if cls.scheduler else where
-        problems.append(Problem(sched_where if "scheduler" in str(exc) else where, f"class {name!r} (model {model_name!r}, {family}): {exc}"))
+        problems.append(
+            Problem(
+                sched_where if "scheduler" in str(exc) else where,
+                f"class {name!r} (model {model_name!r}, {family}): {exc}",
+            )
+        )
     if mode in ("img2img", "inpaint", "controlnet") and cls.input is None:
         problems.append(Problem(where, f"class {name!r} uses mode {mode} and needs `input: {{images: ...}}`"))
     if mode == "inpaint" and cls.input is not None and cls.input.masks is None:
-        problems.append(Problem(positions.at(cpath + ("input",)), f"class {name!r} uses mode inpaint and needs `input.masks`"))
+        problems.append(
+            Problem(positions.at(cpath + ("input",)), f"class {name!r} uses mode inpaint and needs `input.masks`")
+        )
     if mode == "controlnet":
         if model.controlnet is None:
-            problems.append(Problem(positions.at(("models", model_name)), f"model {model_name!r} needs `controlnet` (ControlNet weights) for class {name!r} in mode controlnet"))
+            problems.append(
+                Problem(
+                    positions.at(("models", model_name)),
+                    f"model {model_name!r} needs `controlnet` (ControlNet weights) for class {name!r} in mode controlnet",
+                )
+            )
         if cls.input is not None and cls.input.control is None:
-            problems.append(Problem(positions.at(cpath + ("input",)), f"class {name!r} uses mode controlnet and needs `input.control` (canny, depth or image)"))
+            problems.append(
+                Problem(
+                    positions.at(cpath + ("input",)),
+                    f"class {name!r} uses mode controlnet and needs `input.control` (canny, depth or image)",
+                )
+            )
 
 
-def resolve(spec: Spec, root: Path, positions: Positions, problems: list[Problem],
-            broken_models: frozenset[str] = frozenset(), output: Path | None = None) -> dict[str, ResolvedClass]:
+def resolve(
+    spec: Spec,
+    root: Path,
+    positions: Positions,
+    problems: list[Problem],
+    broken_models: frozenset[str] = frozenset(),
+    output: Path | None = None,
+) -> dict[str, ResolvedClass]:
     """Check what pydantic cannot and resolve every class; problems are appended, not raised.
 
     `broken_models` are models that failed validation (when checking a partly valid spec):
@@ -157,9 +212,16 @@ def resolve(spec: Spec, root: Path, positions: Positions, problems: list[Problem
     for var, values in spec.vars.items():
         global_vars[var] = values_of(values, root, positions.at(("vars", var)), problems)
         if not VALID_VAR.match(var):
-            problems.append(Problem(positions.at(("vars", var)), f"variable name {var!r} must be letters, digits and '_'"))
+            problems.append(
+                Problem(positions.at(("vars", var)), f"variable name {var!r} must be letters, digits and '_'")
+            )
     if not spec.classes and spec.classes_from is None:  # classes_from reports its own problems
-        problems.append(Problem(positions.at(("classes",)) if ("classes",) in positions.places else positions.at(()), "the spec defines no classes (add `classes:` or `classes_from:`)"))
+        problems.append(
+            Problem(
+                positions.at(("classes",)) if ("classes",) in positions.places else positions.at(()),
+                "the spec defines no classes (add `classes:` or `classes_from:`)",
+            )
+        )
     resolved: dict[str, ResolvedClass] = {}
     for name, cls in spec.classes.items():
         cpath: PathT = ("classes", name)
@@ -167,7 +229,11 @@ def resolve(spec: Spec, root: Path, positions: Positions, problems: list[Problem
         variables = dict(global_vars)
         for var, values in cls.vars.items():
             if not VALID_VAR.match(var):
-                problems.append(Problem(positions.at(cpath + ("vars", var)), f"variable name {var!r} must be letters, digits and '_'"))
+                problems.append(
+                    Problem(
+                        positions.at(cpath + ("vars", var)), f"variable name {var!r} must be letters, digits and '_'"
+                    )
+                )
             variables[var] = values_of(values, root, positions.at(cpath + ("vars", var)), problems)
         check_templates(name, cls, set(variables) | set(BUILTIN_VARS), cpath, positions, problems)
         model_name = _class_model(spec, cls, cpath, positions, problems, broken_models)
@@ -175,31 +241,52 @@ def resolve(spec: Spec, root: Path, positions: Positions, problems: list[Problem
         model_params: dict[str, ResolvedParams] = {}
         for key, values in cls.sweep.items():
             if not values:
-                problems.append(Problem(positions.at(cpath + ("sweep", key)), f"sweep `{key}` needs at least one value"))
+                problems.append(
+                    Problem(positions.at(cpath + ("sweep", key)), f"sweep `{key}` needs at least one value")
+                )
             if key == "model":
                 for value in values:
                     if isinstance(value, str) and value in spec.models:
                         model_params[value] = resolve_params(spec, cls, value)
                     elif not (isinstance(value, str) and value in broken_models):
                         known = sorted(set(spec.models) | broken_models)
-                        problems.append(Problem(positions.at(cpath + ("sweep", key)), f"unknown model {value!r} in sweep{did_you_mean(str(value), known)}"))
+                        problems.append(
+                            Problem(
+                                positions.at(cpath + ("sweep", key)),
+                                f"unknown model {value!r} in sweep{did_you_mean(str(value), known)}",
+                            )
+                        )
             else:
                 for i, value in enumerate(values):
                     try:
                         GenParams.model_validate({key: value})
                     except ValidationError as exc:
-                        problems.append(Problem(positions.at(cpath + ("sweep", key, i)), f"sweep {_message(exc.errors()[0], key, value, True)}"))
+                        problems.append(
+                            Problem(
+                                positions.at(cpath + ("sweep", key, i)),
+                                f"sweep {_message(exc.errors()[0], key, value, True)}",
+                            )
+                        )
         # Each swept model is checked with its own parameters, as it will run.
-        for checked in ([params] if params else []) + [p for m, p in model_params.items() if params is None or m != params.model]:
+        for checked in ([params] if params else []) + [
+            p for m, p in model_params.items() if params is None or m != params.model
+        ]:
             check_family_mode(spec, name, checked, cls, cpath, positions, problems, root)
         existing_count = None
         target = cls.target
         if cls.fill_to is not None and cls.existing is not None:
             folder = (root / cls.existing).resolve()
             if not folder.is_dir():
-                problems.append(Problem(positions.at(cpath + ("existing",)), f"folder not found: {cls.existing} (resolved to {shown_path(folder)})"))
+                problems.append(
+                    Problem(
+                        positions.at(cpath + ("existing",)),
+                        f"folder not found: {cls.existing} (resolved to {shown_path(folder)})",
+                    )
+                )
                 existing_count = 0
-            elif output is not None and (overlap := paths.existing_problem(folder, cls.existing, output, positions.at(cpath + ("existing",)))):
+            elif output is not None and (
+                overlap := paths.existing_problem(folder, cls.existing, output, positions.at(cpath + ("existing",)))
+            ):
                 problems.append(overlap)
                 existing_count = 0
             else:
@@ -209,10 +296,18 @@ def resolve(spec: Spec, root: Path, positions: Positions, problems: list[Problem
             target = len(cls.seeds or ())
         if cls.seeds is not None and target > len(cls.seeds):
             count = len(cls.seeds)
-            problems.append(Problem(positions.at(cpath + ("seeds",)), f"class {name!r} asks for {target} images but lists only {count} seed{'s' if count != 1 else ''}"))
+            problems.append(
+                Problem(
+                    positions.at(cpath + ("seeds",)),
+                    f"class {name!r} asks for {target} images but lists only {count} seed{'s' if count != 1 else ''}",
+                )
+            )
         inputs = resolve_inputs(cls, root, cpath, positions, problems, hashes, output)
-        if len(problems) > before or params is None or not all(
-                isinstance(m, str) and m in model_params for m in cls.sweep.get("model", ())):
+        if (
+            len(problems) > before
+            or params is None
+            or not all(isinstance(m, str) and m in model_params for m in cls.sweep.get("model", ()))
+        ):
             continue
         resolved[name] = ResolvedClass(
             name=name,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import csv
 import glob
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -55,7 +54,10 @@ def read_values(fv: FileValues, root: Path, where: Position | None, problems: li
                 column = fv.column or (columns[0] if columns else None)
                 if column not in columns:
                     problems.append(
-                        Problem(where, f"column {column!r} not in {fv.file}{did_you_mean(str(column), columns)} (columns: {', '.join(columns)})")
+                        Problem(
+                            where,
+                            f"column {column!r} not in {fv.file}{did_you_mean(str(column), columns)} (columns: {', '.join(columns)})",
+                        )
                     )
                     return ()
                 values = [row[column].strip() for row in reader if row.get(column, "").strip()]
@@ -77,7 +79,11 @@ def read_values(fv: FileValues, root: Path, where: Position | None, problems: li
                     return ()
                 values.append(str(record[key]).strip())
         else:
-            values = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.lstrip().startswith("#")]
+            values = [
+                line.strip()
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         problems.append(Problem(where, f"cannot read {fv.file}: {exc}"))
         return ()
@@ -137,8 +143,12 @@ def expand_classes_from(data: dict[str, Any], positions: Positions, root: Path, 
     name_key = name_key or next(iter(rows[0]))
     columns = [str(k) for k in rows[0]] if isinstance(rows[0], dict) else []
     if isinstance(rows[0], dict) and name_key not in rows[0]:
-        problems.append(Problem(positions.at(("classes_from", "name")),
-                                f"column {name_key!r} not in {file}{did_you_mean(str(name_key), columns)} (columns: {', '.join(columns)})"))
+        problems.append(
+            Problem(
+                positions.at(("classes_from", "name")),
+                f"column {name_key!r} not in {file}{did_you_mean(str(name_key), columns)} (columns: {', '.join(columns)})",
+            )
+        )
         return made
     classes = data.setdefault("classes", {})
     if not isinstance(classes, dict):
@@ -173,8 +183,10 @@ def collapse_template_problems(problems: list[Problem], made: list[str]) -> list
         generic = problem.message
         found = [n for n in re.findall(r"'([^']*)'", generic) if n in names]
         if problem.path.startswith("classes."):
-            rest = problem.path[len("classes."):]
-            found += [rest[:i] for i in range(len(rest), 0, -1) if (i == len(rest) or rest[i] == ".") and rest[:i] in names][:1]
+            rest = problem.path[len("classes.") :]
+            found += [
+                rest[:i] for i in range(len(rest), 0, -1) if (i == len(rest) or rest[i] == ".") and rest[:i] in names
+            ][:1]
         for name in found:
             generic = generic.replace(f"'{name}'", "'{class}'").replace(f"classes.{name}", "classes.{class}")
         key = (problem.position, generic if found else problem.message)
@@ -183,8 +195,15 @@ def collapse_template_problems(problems: list[Problem], made: list[str]) -> list
     out = []
     for key, problem in kept.items():
         more = counts[key] - 1
-        out.append(problem if not more else Problem(
-            problem.position, f"{problem.message} (and the same for {more} more class{'es' if more != 1 else ''} from classes_from)", problem.path))
+        out.append(
+            problem
+            if not more
+            else Problem(
+                problem.position,
+                f"{problem.message} (and the same for {more} more class{'es' if more != 1 else ''} from classes_from)",
+                problem.path,
+            )
+        )
     return out
 
 
@@ -205,35 +224,63 @@ def sha256_file(path: Path, cache: dict[str, str]) -> str:
     return cache[key]
 
 
-def expand_globs(patterns: str | list[str], root: Path, where: Position | None = None,
-                 problems: list[Problem] | None = None, output: Path | None = None) -> list[Path]:
+def expand_globs(
+    patterns: str | list[str],
+    root: Path,
+    where: Position | None = None,
+    problems: list[Problem] | None = None,
+    output: Path | None = None,
+) -> list[Path]:
     found: list[Path] = []
     problems = problems if problems is not None else []
     for pattern in [patterns] if isinstance(patterns, str) else patterns:
         if not paths.glob_allowed(root, pattern, "input glob", where, problems):
             continue
         matches = sorted(glob.glob(str(root / pattern), recursive=True))
-        found.extend(paths.matches_allowed(root, [Path(m).resolve() for m in matches if Path(m).is_file()],
-                                           output, "input glob", pattern, where, problems))
-    seen: set[Path] = set()
-    return [p for p in found if not (p in seen or seen.add(p))]
+        found.extend(
+            paths.matches_allowed(
+                root,
+                [Path(m).resolve() for m in matches if Path(m).is_file()],
+                output,
+                "input glob",
+                pattern,
+                where,
+                problems,
+            )
+        )
+    return list(dict.fromkeys(found))  # each file once, in the order first found
 
 
 def count_images(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def resolve_inputs(cls: ClassSpec, root: Path, cpath: PathT, positions: Positions, problems: list[Problem],
-                   cache: dict[str, str], output: Path | None = None) -> tuple[InputFile, ...]:
+def resolve_inputs(
+    cls: ClassSpec,
+    root: Path,
+    cpath: PathT,
+    positions: Positions,
+    problems: list[Problem],
+    cache: dict[str, str],
+    output: Path | None = None,
+) -> tuple[InputFile, ...]:
     if cls.input is None:
         return ()
     before = len(problems)
-    images = [p for p in expand_globs(cls.input.images, root, positions.at(cpath + ("input", "images")), problems, output)
-              if p.suffix.lower() in IMAGE_SUFFIXES]
+    images = [
+        p
+        for p in expand_globs(cls.input.images, root, positions.at(cpath + ("input", "images")), problems, output)
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    ]
     if len(problems) > before:
         return ()
     if not images:
-        problems.append(Problem(positions.at(cpath + ("input", "images")), f"no image files match {cls.input.images!r} (relative to {shown_path(root)})"))
+        problems.append(
+            Problem(
+                positions.at(cpath + ("input", "images")),
+                f"no image files match {cls.input.images!r} (relative to {shown_path(root)})",
+            )
+        )
         return ()
     masks_by_stem: dict[str, Path] = {}
     if cls.input.masks is not None:
@@ -242,7 +289,9 @@ def resolve_inputs(cls: ClassSpec, root: Path, cpath: PathT, positions: Position
             return ()
         masks_by_stem = {m.stem: m for m in masks}
         if not masks:
-            problems.append(Problem(positions.at(cpath + ("input", "masks")), f"no mask files match {cls.input.masks!r}"))
+            problems.append(
+                Problem(positions.at(cpath + ("input", "masks")), f"no mask files match {cls.input.masks!r}")
+            )
             return ()
     out = []
     for image in images:
@@ -251,8 +300,19 @@ def resolve_inputs(cls: ClassSpec, root: Path, cpath: PathT, positions: Position
             if len(masks_by_stem) == 1:
                 mask = next(iter(masks_by_stem.values()))  # one mask for every image
             else:
-                problems.append(Problem(positions.at(cpath + ("input", "masks")), f"no mask with the stem of {image.name} (masks pair with images by file name)"))
+                problems.append(
+                    Problem(
+                        positions.at(cpath + ("input", "masks")),
+                        f"no mask with the stem of {image.name} (masks pair with images by file name)",
+                    )
+                )
                 continue
-        out.append(InputFile(str(image), sha256_file(image, cache),
-                             str(mask) if mask else None, sha256_file(mask, cache) if mask else None))
+        out.append(
+            InputFile(
+                str(image),
+                sha256_file(image, cache),
+                str(mask) if mask else None,
+                sha256_file(mask, cache) if mask else None,
+            )
+        )
     return tuple(out)

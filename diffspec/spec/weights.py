@@ -45,8 +45,11 @@ def _pickle_only(files: list[Path], base: Path) -> list[str]:
     for f in files:
         if f.suffix.lower() in PICKLE_SUFFIXES | SAFE_SUFFIXES:
             by_folder.setdefault(f.parent, set()).add(f.suffix.lower())
-    return [str(folder.relative_to(base)) if folder != base else "." for folder, kinds in by_folder.items()
-            if not kinds & SAFE_SUFFIXES]
+    return [
+        str(folder.relative_to(base)) if folder != base else "."
+        for folder, kinds in by_folder.items()
+        if not kinds & SAFE_SUFFIXES
+    ]
 
 
 def _ships_code(files: list[Path]) -> str | None:
@@ -64,7 +67,12 @@ def _ships_code(files: list[Path]) -> str | None:
                 return f"{f.name} maps to custom code (auto_map)"
             if f.name == "model_index.json":
                 for key, value in data.items():
-                    if isinstance(value, list) and len(value) == 2 and not key.startswith("_") and value[0] not in LIBRARIES:
+                    if (
+                        isinstance(value, list)
+                        and len(value) == 2
+                        and not key.startswith("_")
+                        and value[0] not in LIBRARIES
+                    ):
                         return f"model_index.json loads {key} from the module {value[0]!r}"
     return None
 
@@ -81,8 +89,10 @@ def _weights_problem(source: str, root: Path, opt_in: str) -> str | None:
     bad = _pickle_only(files, local)
     if bad:
         shown = ", ".join(f"{b}/" for b in bad[:3])
-        return (f"folder {source!r} holds only pickle (.bin) weights in {shown}, which run code when loaded; "
-                f"convert them to safetensors or set `{opt_in}` to load them anyway")
+        return (
+            f"folder {source!r} holds only pickle (.bin) weights in {shown}, which run code when loaded; "
+            f"convert them to safetensors or set `{opt_in}` to load them anyway"
+        )
     return None
 
 
@@ -100,12 +110,18 @@ def model_problems(spec: Any, root: Path, positions: Positions) -> list[Problem]
                 for i, item in enumerate(items):
                     why = _weights_problem(item.source, root, opt_in)
                     if why:
-                        problems.append(Problem(positions.at(mpath + (kind, i, "source")), f"model {name!r} {kind[:-1]} {i}: {why}"))
+                        problems.append(
+                            Problem(positions.at(mpath + (kind, i, "source")), f"model {name!r} {kind[:-1]} {i}: {why}")
+                        )
         local = (root / model.source).expanduser()
         if not model.trust_remote_code and not model.source.startswith("builtin:") and local.is_dir():
             code = _ships_code(_files(local))
             if code:
-                problems.append(Problem(positions.at(mpath + ("source",)),
-                                        f"model {name!r}: {code}; diffspec runs no code from a model unless you set "
-                                        f"`trust_remote_code: true` in models.{name}"))
+                problems.append(
+                    Problem(
+                        positions.at(mpath + ("source",)),
+                        f"model {name!r}: {code}; diffspec runs no code from a model unless you set "
+                        f"`trust_remote_code: true` in models.{name}",
+                    )
+                )
     return problems

@@ -82,19 +82,26 @@ def _tag_of(node: Any) -> str | None:
 MAX_NODES = 200_000
 
 
-def _to_plain(node: Any, path: PathT, positions: Positions, problems: list[Problem], budget: list[int] | None = None) -> Any:
+def _to_plain(
+    node: Any, path: PathT, positions: Positions, problems: list[Problem], budget: list[int] | None = None
+) -> Any:
     from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 
     budget = budget if budget is not None else [MAX_NODES]
     budget[0] -= 1
     if budget[0] == -1:
-        problems.append(Problem(positions.at(path), f"the spec expands to more than {MAX_NODES} values (nested aliases?)"))
+        problems.append(
+            Problem(positions.at(path), f"the spec expands to more than {MAX_NODES} values (nested aliases?)")
+        )
     if budget[0] < 0:
         return None
     tag = _tag_of(node)
     if isinstance(node, TaggedScalar) or tag not in _SAFE_TAGS:
         problems.append(
-            Problem(positions.at(path), f"tag {_shown_tag(tag)!r} is not allowed: a spec is plain data (no custom or Python tags)")
+            Problem(
+                positions.at(path),
+                f"tag {_shown_tag(tag)!r} is not allowed: a spec is plain data (no custom or Python tags)",
+            )
         )
         return None
     if not path and isinstance(node, (CommentedMap, CommentedSeq)) and node.lc.line is not None:
@@ -106,7 +113,9 @@ def _to_plain(node: Any, path: PathT, positions: Positions, problems: list[Probl
             # Keys merged in with `<<: *anchor` have no place of their own here: use the mapping's.
             line, col = node.lc.data.get(key, (node.lc.line or 0, node.lc.col or 0))[:2]
             if not isinstance(key, str):
-                problems.append(Problem(Position(positions.file, line + 1, col + 1), f"keys must be strings, got {key!r}"))
+                problems.append(
+                    Problem(Position(positions.file, line + 1, col + 1), f"keys must be strings, got {key!r}")
+                )
                 continue
             positions.places[path + (key,)] = (line + 1, col + 1)
             out[key] = _to_plain(node[key], path + (key,), positions, problems, budget)
@@ -126,10 +135,16 @@ def _to_plain(node: Any, path: PathT, positions: Positions, problems: list[Probl
         return int(node)
     if isinstance(node, float):
         if not math.isfinite(node):
-            problems.append(Problem(positions.at(path), f"numbers must be finite, got {node!r} (.nan and .inf are not allowed)"))
+            problems.append(
+                Problem(positions.at(path), f"numbers must be finite, got {node!r} (.nan and .inf are not allowed)")
+            )
             return None
         return float(node)
-    problems.append(Problem(positions.at(path), f"unsupported YAML value {node!r} ({type(node).__name__}); quote it if you mean text"))
+    problems.append(
+        Problem(
+            positions.at(path), f"unsupported YAML value {node!r} ({type(node).__name__}); quote it if you mean text"
+        )
+    )
     return None
 
 
@@ -151,7 +166,9 @@ def load_yaml_text(text: str, file: str) -> tuple[Any, Positions]:
         if "duplicate key" in reason:
             # ruamel adds both values, which for a mapping can be long: the key is what matters.
             match = re.match(r'found duplicate key (".*?") with value', reason)
-            reason = f"duplicate key {match.group(1)}" if match else reason.replace("found duplicate key", "duplicate key")
+            reason = (
+                f"duplicate key {match.group(1)}" if match else reason.replace("found duplicate key", "duplicate key")
+            )
             reason += "; each key may appear once in a mapping"
         elif exc.context:
             started = exc.context_mark
@@ -164,15 +181,36 @@ def load_yaml_text(text: str, file: str) -> tuple[Any, Positions]:
         where = _offset_position(text, exc.position, file)
         char = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)
         code = f"U+{ord(char):04X}" if len(char) == 1 else "?"
-        raise SpecError([Problem(where, f"YAML: unacceptable character {char!r} ({code}): control and special characters are not allowed")]) from None
+        raise SpecError(
+            [
+                Problem(
+                    where,
+                    f"YAML: unacceptable character {char!r} ({code}): control and special characters are not allowed",
+                )
+            ]
+        ) from None
     except YAMLError as exc:
         raise SpecError([Problem(Position(file, 1, 1), "YAML: " + " ".join(str(exc).split()))]) from None
     except Exception as exc:  # ruamel fails with plain Python errors on some malformed input (e.g. `!!set x`)
         bad = _first_bad_tag(yaml, text, file)
         if bad is not None:
-            raise SpecError([Problem(bad[0], f"tag {_shown_tag(bad[1])!r} is not allowed: a spec is plain data (no custom or Python tags)")]) from None
-        raise SpecError([Problem(Position(file, 1, 1), f"YAML: cannot read this document ({type(exc).__name__}: {exc}); "
-                                 "a spec is plain mappings, lists and scalars")]) from None
+            raise SpecError(
+                [
+                    Problem(
+                        bad[0],
+                        f"tag {_shown_tag(bad[1])!r} is not allowed: a spec is plain data (no custom or Python tags)",
+                    )
+                ]
+            ) from None
+        raise SpecError(
+            [
+                Problem(
+                    Position(file, 1, 1),
+                    f"YAML: cannot read this document ({type(exc).__name__}: {exc}); "
+                    "a spec is plain mappings, lists and scalars",
+                )
+            ]
+        ) from None
     problems: list[Problem] = []
     data = _to_plain(root, (), positions, problems)
     if problems:

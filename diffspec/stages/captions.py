@@ -89,7 +89,11 @@ class CaptionParams:
 
     def __post_init__(self) -> None:
         render_instruction(self.instruction, "x")  # placeholders are checked here, not at run time
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and 0 <= self.temperature <= 5):
+        if not (
+            isinstance(self.temperature, (int, float))
+            and math.isfinite(self.temperature)
+            and 0 <= self.temperature <= 5
+        ):
             raise StageError(f"captions: `temperature` must be a number in [0, 5], got {self.temperature!r}")
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise StageError(f"captions: `top_p` must be in (0, 1], got {self.top_p!r}")
@@ -322,9 +326,7 @@ class CaptionGenerator:
             config.eos_token_id = self.tokenizer.eos_token_id
         return config
 
-    def generate(
-        self, requests: Sequence[CaptionRequest], params: CaptionParams, batch_size: int = 8
-    ) -> list[Caption]:
+    def generate(self, requests: Sequence[CaptionRequest], params: CaptionParams, batch_size: int = 8) -> list[Caption]:
         """One :class:`Caption` per request, in request order, ``batch_size`` rows per ``generate`` call."""
         import time
 

@@ -22,16 +22,18 @@ from diffspec.errors import StageError
 from diffspec.spec.model import FilterSpec
 
 FILTERS_TABLE = "filters"
-FILTERS_SCHEMA = pa.schema([
-    ("fingerprint", pa.string()),
-    ("class_name", pa.string()),
-    ("filter", pa.string()),
-    ("config_hash", pa.string()),
-    ("passed", pa.bool_()),
-    ("value", pa.float64()),
-    ("run_id", pa.string()),
-    ("created_at", pa.timestamp("us", tz="UTC")),
-])
+FILTERS_SCHEMA = pa.schema(
+    [
+        ("fingerprint", pa.string()),
+        ("class_name", pa.string()),
+        ("filter", pa.string()),
+        ("config_hash", pa.string()),
+        ("passed", pa.bool_()),
+        ("value", pa.float64()),
+        ("run_id", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,11 @@ def _classifier(refs: Sequence[ImageRef], config: Any) -> tuple[list[bool], list
     """Does the image show the class its prompt names? For builtin:digits, a scikit-learn
     classifier trained on the real digits answers; the score is its probability of the prompted digit."""
     if config.model != "builtin:digits-classifier":
-        raise StageError(f"classifier model {config.model!r} is not available; the built-in one is 'builtin:digits-classifier'")
-    from diffspec.generate.builtin.digits import parse_prompt
+        raise StageError(
+            f"classifier model {config.model!r} is not available; the built-in one is 'builtin:digits-classifier'"
+        )
     from diffspec.generate.builtin.digit_classifier import classifier, to_digit_features
+    from diffspec.generate.builtin.digits import parse_prompt
 
     expected = [parse_prompt(ref.prompt).digit for ref in refs]
     model = classifier()
@@ -94,14 +98,16 @@ def _classifier(refs: Sequence[ImageRef], config: Any) -> tuple[list[bool], list
     predicted = [int(model.classes_[p.argmax()]) for p in probs]
     scores = [float(p[column[e]]) if e is not None else 0.0 for p, e in zip(probs, expected)]
     passed = [e is not None and pr == e and s >= config.min_confidence for e, pr, s in zip(expected, predicted, scores)]
-    table = pa.table({
-        "fingerprint": [r.fingerprint for r in refs],
-        "class_name": [r.class_name for r in refs],
-        "expected": pa.array(expected, pa.int32()),
-        "predicted": pa.array(predicted, pa.int32()),
-        "score": pa.array(scores, pa.float64()),
-        "recognised": pa.array([e is not None and pr == e for e, pr in zip(expected, predicted)], pa.bool_()),
-    })
+    table = pa.table(
+        {
+            "fingerprint": [r.fingerprint for r in refs],
+            "class_name": [r.class_name for r in refs],
+            "expected": pa.array(expected, pa.int32()),
+            "predicted": pa.array(predicted, pa.int32()),
+            "score": pa.array(scores, pa.float64()),
+            "recognised": pa.array([e is not None and pr == e for e, pr in zip(expected, predicted)], pa.bool_()),
+        }
+    )
     return passed, scores, table
 
 
@@ -114,7 +120,9 @@ def dhash(image: Any, size: int = 8) -> int:
     return int("".join("1" if b else "0" for b in bits), 2)
 
 
-def _near_duplicate(refs: Sequence[ImageRef], config: Any, catalog: Catalog) -> tuple[list[bool], list[float], pa.Table]:
+def _near_duplicate(
+    refs: Sequence[ImageRef], config: Any, catalog: Catalog
+) -> tuple[list[bool], list[float], pa.Table]:
     """Reject an image whose dHash is within `max_hamming` bits of an earlier kept image of its class."""
     hashes = [dhash(im) for im in _load(refs)]
     kept: dict[str, list[int]] = {}
@@ -132,13 +140,15 @@ def _near_duplicate(refs: Sequence[ImageRef], config: Any, catalog: Catalog) -> 
             pool.append(h)
         passed.append(ok)
         distances.append(float(nearest))
-    table = pa.table({
-        "fingerprint": [r.fingerprint for r in refs],
-        "class_name": [r.class_name for r in refs],
-        "dhash": pa.array([h - (1 << 64) if h >= 1 << 63 else h for h in hashes], pa.int64()),
-        "nearest_hamming": pa.array(distances, pa.float64()),
-        "kept": pa.array(passed, pa.bool_()),
-    })
+    table = pa.table(
+        {
+            "fingerprint": [r.fingerprint for r in refs],
+            "class_name": [r.class_name for r in refs],
+            "dhash": pa.array([h - (1 << 64) if h >= 1 << 63 else h for h in hashes], pa.int64()),
+            "nearest_hamming": pa.array(distances, pa.float64()),
+            "kept": pa.array(passed, pa.bool_()),
+        }
+    )
     return passed, distances, table
 
 
@@ -152,13 +162,19 @@ def _sharpness(refs: Sequence[ImageRef], config: Any) -> tuple[list[bool], list[
         lap = -4 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
         values.append(float(lap.var()) if lap.size else 0.0)
     passed = [(config.min is None or v >= config.min) and (config.max is None or v <= config.max) for v in values]
-    table = pa.table({"fingerprint": [r.fingerprint for r in refs], "class_name": [r.class_name for r in refs],
-                      "sharpness": pa.array(values, pa.float64())})
+    table = pa.table(
+        {
+            "fingerprint": [r.fingerprint for r in refs],
+            "class_name": [r.class_name for r in refs],
+            "sharpness": pa.array(values, pa.float64()),
+        }
+    )
     return passed, values, table
 
 
-def run_filters(filters: Sequence[FilterSpec], catalog: Catalog, run_id: str,
-                on_progress: Callable[[str, int], None] | None = None) -> list[FilterOutcome]:
+def run_filters(
+    filters: Sequence[FilterSpec], catalog: Catalog, run_id: str, on_progress: Callable[[str, int], None] | None = None
+) -> list[FilterOutcome]:
     outcomes = []
     for spec in filters:
         name = next(n for n in type(spec).model_fields if getattr(spec, n) is not None)
@@ -182,11 +198,22 @@ def run_filters(filters: Sequence[FilterSpec], catalog: Catalog, run_id: str,
             raise StageError(f"unknown filter {name!r}")
         catalog.append_stage(name, table, run_id)
         now = utcnow()
-        verdicts = pa.Table.from_pylist([
-            {"fingerprint": r.fingerprint, "class_name": r.class_name, "filter": name, "config_hash": chash,
-             "passed": ok, "value": v, "run_id": run_id, "created_at": now}
-            for r, ok, v in zip(refs, passed, values)
-        ], schema=FILTERS_SCHEMA)
+        verdicts = pa.Table.from_pylist(
+            [
+                {
+                    "fingerprint": r.fingerprint,
+                    "class_name": r.class_name,
+                    "filter": name,
+                    "config_hash": chash,
+                    "passed": ok,
+                    "value": v,
+                    "run_id": run_id,
+                    "created_at": now,
+                }
+                for r, ok, v in zip(refs, passed, values)
+            ],
+            schema=FILTERS_SCHEMA,
+        )
         catalog.append_stage(FILTERS_TABLE, verdicts, run_id)
         if on_progress:
             on_progress(name, len(refs))

@@ -146,7 +146,9 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
-def filter_masks(masks: np.ndarray | Sequence[np.ndarray], scores: Sequence[float], params: MaskFilter) -> FilterOutcome:
+def filter_masks(
+    masks: np.ndarray | Sequence[np.ndarray], scores: Sequence[float], params: MaskFilter
+) -> FilterOutcome:
     """Apply the four rules of the module docstring; see :class:`MaskFilter` for the parameters."""
     masks = _as_masks(masks)
     n = masks.shape[0]

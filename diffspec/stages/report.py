@@ -83,21 +83,32 @@ td:first-child,th:first-child{text-align:left}
 def render_html(loaded: LoadedSpec, summaries: list[ClassSummary], image_root: str, per_class: int) -> str:
     spec = loaded.spec
     title = f"diffspec report: {spec.dataset}"
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"]
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+    ]
     out.append(f"<h1>{html.escape(title)}</h1>")
     if spec.description:
         out.append(f"<p>{html.escape(spec.description)}</p>")
     total = sum(len(s.images) for s in summaries)
     share = overall_recognised(summaries)
-    out.append(f"<p>{total} images in {len(summaries)} classes" + (f"; recognised as the prompted class: <b>{share:.1%}</b>" if share is not None else "") + "</p>")
+    out.append(
+        f"<p>{total} images in {len(summaries)} classes"
+        + (f"; recognised as the prompted class: <b>{share:.1%}</b>" if share is not None else "")
+        + "</p>"
+    )
     out.append("<table><tr><th>class</th><th>target</th><th>images</th><th>rejected</th><th>recognised</th></tr>")
     for s in summaries:
         rec = f"{s.recognised_share:.0%}" if s.recognised_share is not None else "-"
-        out.append(f"<tr><td><a href='#c-{html.escape(s.name)}'>{html.escape(s.name)}</a></td><td>{s.target}</td><td>{len(s.images)}</td><td>{s.rejected}</td><td>{rec}</td></tr>")
+        out.append(
+            f"<tr><td><a href='#c-{html.escape(s.name)}'>{html.escape(s.name)}</a></td><td>{s.target}</td><td>{len(s.images)}</td><td>{s.rejected}</td><td>{rec}</td></tr>"
+        )
     out.append("</table>")
     for s in summaries:
-        out.append(f"<h2 id='c-{html.escape(s.name)}'>{html.escape(s.name)} <span class='muted'>({len(s.images)} images"
-                   + (f", {s.recognised_share:.0%} recognised" if s.recognised_share is not None else "") + ")</span></h2>")
+        out.append(
+            f"<h2 id='c-{html.escape(s.name)}'>{html.escape(s.name)} <span class='muted'>({len(s.images)} images"
+            + (f", {s.recognised_share:.0%} recognised" if s.recognised_share is not None else "")
+            + ")</span></h2>"
+        )
         out.append("<div class='grid'>")
         for image in s.images[:per_class]:
             tip = f"{image['prompt']}\nseed {image['seed']}\n{image['fingerprint'][:12]}"
@@ -108,7 +119,9 @@ def render_html(loaded: LoadedSpec, summaries: list[ClassSummary], image_root: s
                 tip += "\nrejected by: " + ", ".join(image["rejected_by"])
             src = f"{image_root}/{image['path']}" if image_root else image["path"]
             cls = " class='rejected'" if image["rejected_by"] else ""
-            out.append(f"<figure{cls}><img src='{html.escape(src)}' title='{html.escape(tip)}' alt='{html.escape(image['prompt'])}'></figure>")
+            out.append(
+                f"<figure{cls}><img src='{html.escape(src)}' title='{html.escape(tip)}' alt='{html.escape(image['prompt'])}'></figure>"
+            )
         if len(s.images) > per_class:
             out.append(f"<p class='muted'>... and {len(s.images) - per_class} more</p>")
         out.append("</div>")

@@ -16,7 +16,10 @@ class StagesResult:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "filters": [{"filter": f.name, "checked": f.checked, "rejected": f.rejected, "skipped": f.skipped_reason} for f in self.filters],
+            "filters": [
+                {"filter": f.name, "checked": f.checked, "rejected": f.rejected, "skipped": f.skipped_reason}
+                for f in self.filters
+            ],
             "notes": list(self.notes),
         }
 

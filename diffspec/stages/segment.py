@@ -208,19 +208,25 @@ class Detector:
         from diffspec.generate.loading import resolve_dtype
 
         self.ref, self.device = model, device
-        self.processor = load("detector processor", model, AutoProcessor.from_pretrained, weights=False, backend=IMAGE_BACKEND)
+        self.processor = load(
+            "detector processor", model, AutoProcessor.from_pretrained, weights=False, backend=IMAGE_BACKEND
+        )
         if not hasattr(self.processor, "post_process_grounded_object_detection"):
             raise GenerationError(
                 f"detector {model.source!r} has a {type(self.processor).__name__}, which cannot post-process "
                 "grounded detections; use a Grounding DINO checkpoint (e.g. IDEA-Research/grounding-dino-base)"
             )
         self.dtype = resolve_dtype(model.dtype, device)
-        self.model = load(
-            "detector", model, AutoModelForZeroShotObjectDetection.from_pretrained, dtype=self.dtype
-        ).to(device).eval()
+        self.model = (
+            load("detector", model, AutoModelForZeroShotObjectDetection.from_pretrained, dtype=self.dtype)
+            .to(device)
+            .eval()
+        )
         self._torch = torch
 
-    def detect(self, images: Sequence[Any], prompts: Sequence[str], params: DetectParams) -> list[tuple[Detection, ...]]:
+    def detect(
+        self, images: Sequence[Any], prompts: Sequence[str], params: DetectParams
+    ) -> list[tuple[Detection, ...]]:
         if len(images) != len(prompts):
             raise StageError(f"segment: {len(images)} images but {len(prompts)} prompts")
         if not images:
@@ -229,7 +235,10 @@ class Detector:
         images = _rgb(images)
         texts = [detector_prompt(p) for p in prompts]
         inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
-        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)) for k, v in inputs.items()}
+        inputs = {
+            k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+            for k, v in inputs.items()
+        }
         with torch.inference_mode():
             outputs = self.model(**inputs)
         results = self.processor.post_process_grounded_object_detection(
@@ -244,7 +253,10 @@ class Detector:
         for image, result in zip(images, results):
             scores = result["scores"].float().cpu().numpy()
             boxes = result["boxes"].float().cpu().numpy().reshape(-1, 4)
-            labels = [_clean_label(t, special) for t in (result["text_labels"] if "text_labels" in result else [""] * len(scores))]
+            labels = [
+                _clean_label(t, special)
+                for t in (result["text_labels"] if "text_labels" in result else [""] * len(scores))
+            ]
             order = np.argsort(-scores, kind="stable")
             found = []
             for i in order:
@@ -282,12 +294,16 @@ class Segmenter:
                 f"segmenter {model.source!r} is a {kind!r} model; the segment stage runs SAM checkpoints "
                 f"(model_type 'sam', e.g. facebook/sam-vit-base){hint}"
             )
-        self.processor = load("segmenter processor", model, AutoProcessor.from_pretrained, weights=False, backend=IMAGE_BACKEND)
+        self.processor = load(
+            "segmenter processor", model, AutoProcessor.from_pretrained, weights=False, backend=IMAGE_BACKEND
+        )
         self.dtype = resolve_dtype(model.dtype, device)
         self.model = load("segmenter", model, SamModel.from_pretrained, dtype=self.dtype).to(device).eval()
         self._torch = torch
 
-    def segment(self, images: Sequence[Any], boxes: Sequence[Sequence[tuple[float, float, float, float]]]) -> list[ImageMasks]:
+    def segment(
+        self, images: Sequence[Any], boxes: Sequence[Sequence[tuple[float, float, float, float]]]
+    ) -> list[ImageMasks]:
         if len(images) != len(boxes):
             raise StageError(f"segment: {len(images)} images but {len(boxes)} box lists")
         images = _rgb(images)
@@ -300,7 +316,10 @@ class Segmenter:
             torch = self._torch
             longest = max(len(boxes[i]) for i in todo)
             # SAM takes a rectangular (images, boxes, 4) tensor: pad short lists with their first box
-            padded = [[list(map(float, b)) for b in boxes[i]] + [list(map(float, boxes[i][0]))] * (longest - len(boxes[i])) for i in todo]
+            padded = [
+                [list(map(float, b)) for b in boxes[i]] + [list(map(float, boxes[i][0]))] * (longest - len(boxes[i]))
+                for i in todo
+            ]
             inputs = self.processor(images=[images[i] for i in todo], input_boxes=padded, return_tensors="pt")
             with torch.inference_mode():
                 outputs = self.model(
@@ -314,9 +333,7 @@ class Segmenter:
             scores = outputs.iou_scores.float().cpu().numpy()
             for j, i in enumerate(todo):
                 n = len(boxes[i])
-                out[i] = ImageMasks(
-                    masks[j][:n, 0].numpy().astype(bool), scores[j, :n, 0].astype(np.float32)
-                )
+                out[i] = ImageMasks(masks[j][:n, 0].numpy().astype(bool), scores[j, :n, 0].astype(np.float32))
         return [m for m in out if m is not None]
 
 

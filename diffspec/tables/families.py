@@ -196,9 +196,7 @@ def pipeline_class_name(family: str, mode: str) -> str:
         reason = _UNSUPPORTED_REASONS.get((family, mode))
         if reason is None:
             reason = f"mode {mode!r} is not supported for family {family!r}"
-        raise GenerationError(
-            f"{reason} (family {family!r} supports: {', '.join(supported_modes(family))})"
-        ) from None
+        raise GenerationError(f"{reason} (family {family!r} supports: {', '.join(supported_modes(family))})") from None
 
 
 def controlnet_class_name(family: str) -> str:
@@ -207,8 +205,7 @@ def controlnet_class_name(family: str) -> str:
         return CONTROLNET_CLASSES[family]
     except KeyError:
         raise GenerationError(
-            f"ControlNet is not supported for family {family!r} "
-            f"(supported: {', '.join(CONTROLNET_CLASSES)})"
+            f"ControlNet is not supported for family {family!r} (supported: {', '.join(CONTROLNET_CLASSES)})"
         ) from None
 
 
@@ -267,6 +264,7 @@ def check_size(family: str, width: int, height: int) -> None:
     _check_family(family)
     multiple = SIZE_MULTIPLE[family]
     if width % multiple or height % multiple:
+
         def near(v: int) -> str:
             low = max(multiple, v - v % multiple)
             return f"{low}" if low == v else f"{low} or {low + multiple}"

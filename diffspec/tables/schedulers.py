@@ -8,8 +8,9 @@ it affects; :mod:`diffspec.generate.schedulers` builds the scheduler from it.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from diffspec.errors import GenerationError
 
@@ -57,9 +58,7 @@ def scheduler_table_entry(name: str) -> tuple[str | None, dict[str, Any]]:
     try:
         entry = SCHEDULER_TABLE[name]
     except KeyError:
-        raise GenerationError(
-            f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULER_TABLE)}"
-        ) from None
+        raise GenerationError(f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULER_TABLE)}") from None
     if entry is None:
         return None, {}
     return entry.class_name, dict(entry.kwargs)

@@ -55,7 +55,6 @@ while True:
 """
 
 
-
 @dataclass(frozen=True)
 class Ran:
     rc: int
@@ -68,13 +67,24 @@ class Ran:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1", "COLUMNS": "200"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "COLUMNS": "200",
+    }
 
 
 def cli(*args: str | Path, timeout: float = 300) -> Ran:
-    proc = subprocess.run([sys.executable, "-m", "diffspec.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env(), timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffspec.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=timeout,
+    )
     return Ran(proc.returncode, proc.stdout, proc.stderr)
 
 

@@ -21,7 +21,9 @@ b: {target: 4, prompt: "a photo of a {x}", vars: {x: [dog, bird]}}
 """
 
 
-def test_whole_unrecorded_images_are_adopted_torn_and_foreign_ones_remade(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_whole_unrecorded_images_are_adopted_torn_and_foreign_ones_remade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A finished run, as the reference.
     reference = Project(write_spec(tmp_path / "ref", CLASSES))
     assert reference.apply(reference.plan(), progress=False).made == 8

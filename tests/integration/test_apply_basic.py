@@ -59,11 +59,18 @@ def test_apply_makes_exactly_the_plan_then_nothing_then_exactly_the_raise(tmp_pa
     assert "diffspec_version" in meta
 
     # the run is recorded: started + finished, versions, counts
-    runs = run_query(Catalog(output), f"SELECT phase, planned, made, failed, versions, log FROM runs WHERE run_id = '{result.run_id}'").to_pylist()
+    runs = run_query(
+        Catalog(output),
+        f"SELECT phase, planned, made, failed, versions, log FROM runs WHERE run_id = '{result.run_id}'",
+    ).to_pylist()
     assert runs[0]["phase"] == "finished" and runs[0]["made"] == 10 and runs[0]["planned"] == 10
     assert "torch" in json.loads(runs[0]["versions"]) and isinstance(json.loads(runs[0]["log"]), list)
-    counts = dict(run_query(Catalog(output), "SELECT class_name, count(*) AS n FROM images GROUP BY 1 ORDER BY 1").to_pylist()[i].values()
-                  for i in range(2))
+    counts = dict(
+        run_query(Catalog(output), "SELECT class_name, count(*) AS n FROM images GROUP BY 1 ORDER BY 1")
+        .to_pylist()[i]
+        .values()
+        for i in range(2)
+    )
     assert counts == {"a": 6, "b": 4}
 
     # a second apply makes nothing
@@ -142,9 +149,20 @@ def test_status_gc_and_prune(tmp_path: Path) -> None:
     live = Catalog(output).live_images(["fingerprint", "class_name"]).to_pylist()
     a_fps = [r["fingerprint"] for r in live if r["class_name"] == "a"]
     cat = Catalog(output)
-    cat.append_stage("filters", pa.table({"fingerprint": a_fps * 2, "filter": ["clip"] * 6 + ["dup"] * 6,
-                                          "passed": [False, True, True, True, True, False] + [False] + [True] * 5}), "t1")
-    cat.append_stage("classifier", pa.table({"fingerprint": a_fps, "recognised": [True, True, False, True, True, True]}), "t1")
+    cat.append_stage(
+        "filters",
+        pa.table(
+            {
+                "fingerprint": a_fps * 2,
+                "filter": ["clip"] * 6 + ["dup"] * 6,
+                "passed": [False, True, True, True, True, False] + [False] + [True] * 5,
+            }
+        ),
+        "t1",
+    )
+    cat.append_stage(
+        "classifier", pa.table({"fingerprint": a_fps, "recognised": [True, True, False, True, True, True]}), "t1"
+    )
     status = {s.name: s for s in Project(spec).status().classes}
     assert status["a"].rejected == 2 and status["a"].quality == pytest.approx(5 / 6)
     assert status["b"].rejected == 0 and status["b"].quality is None

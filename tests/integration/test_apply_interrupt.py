@@ -20,9 +20,21 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _start(tmp_path: Path, spec: Path, counter: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "DIFFSPEC_WRITE_COUNTER": str(counter), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "diffspec.cli", "apply", str(spec), "-q"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "DIFFSPEC_WRITE_COUNTER": str(counter),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONWARNINGS": "ignore",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffspec.cli", "apply", str(spec), "-q"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if counter.exists() and len(counter.read_text().splitlines()) >= 8:

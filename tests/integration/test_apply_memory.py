@@ -75,12 +75,17 @@ def test_out_of_memory_halves_the_batch_and_the_run_completes(tmp_path: Path) ->
 
 
 def test_out_of_memory_at_batch_one_escalates_the_memory_strategy(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path, 'a: {target: 3, prompt: "a photo of a cat"}', max_batch=2, extra_budget="strategy: none")
+    spec = write_spec(
+        tmp_path, 'a: {target: 3, prompt: "a photo of a cat"}', max_batch=2, extra_budget="strategy: none"
+    )
     project = Project(spec)
     result = project.apply(progress=False, backend_factory=OomUntilSliced)
     assert (result.made, result.failed) == (3, 0)
     log = _log(project.output, result.run_id)
-    assert [e["event"] for e in log if e["event"] in ("oom_retry", "strategy_escalation")] == ["oom_retry", "strategy_escalation"]
+    assert [e["event"] for e in log if e["event"] in ("oom_retry", "strategy_escalation")] == [
+        "oom_retry",
+        "strategy_escalation",
+    ]
     escalation = next(e for e in log if e["event"] == "strategy_escalation")
     assert (escalation["old"], escalation["new"]) == ("none", "attention_slicing")
     check_catalog(project.output, expected=3)

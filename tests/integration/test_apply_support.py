@@ -47,8 +47,18 @@ def tiny_sd() -> Path:
     return _TINY["sd"]
 
 
-def write_spec(folder: Path, classes: str, *, size: int = 32, steps: int = 2, max_batch: int = 4,
-               scheduler: str = "ddim", extra_budget: str = "", output: str = "out", name: str = "spec.yaml") -> Path:
+def write_spec(
+    folder: Path,
+    classes: str,
+    *,
+    size: int = 32,
+    steps: int = 2,
+    max_batch: int = 4,
+    scheduler: str = "ddim",
+    extra_budget: str = "",
+    output: str = "out",
+    name: str = "spec.yaml",
+) -> Path:
     """A spec using the tiny model; ``classes`` is the YAML body of `classes:` (indented 2)."""
     folder.mkdir(parents=True, exist_ok=True)
     text = textwrap.dedent(f"""\
@@ -58,7 +68,7 @@ def write_spec(folder: Path, classes: str, *, size: int = 32, steps: int = 2, ma
         models:
           tiny: {{source: "{tiny_sd()}", scheduler: {scheduler}}}
         defaults: {{model: tiny, size: [{size}, {size}], steps: {steps}, guidance: 7.5, seed: 7, negative: "blurry"}}
-        budget: {{devices: cpu, max_batch: {max_batch}{', ' + extra_budget if extra_budget else ''}}}
+        budget: {{devices: cpu, max_batch: {max_batch}{", " + extra_budget if extra_budget else ""}}}
         classes:
         """) + textwrap.indent(textwrap.dedent(classes).strip() + "\n", "  ")
     path = folder / name

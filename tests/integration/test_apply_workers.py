@@ -49,7 +49,9 @@ class KillsItsWorkerOnce(Backend):
         return super().generate(units)
 
 
-def _apply(tmp_path: Path, name: str, *, workers: int | None = None, max_batch: int = 4, **options) -> tuple[Path, object]:
+def _apply(
+    tmp_path: Path, name: str, *, workers: int | None = None, max_batch: int = 4, **options
+) -> tuple[Path, object]:
     spec = write_spec(tmp_path, CLASSES, max_batch=max_batch, output=f"out-{name}", name=f"{name}.yaml")
     project = Project(spec)
     result = project.apply(progress=False, workers=workers, **options)
@@ -57,7 +59,9 @@ def _apply(tmp_path: Path, name: str, *, workers: int | None = None, max_batch: 
     return project.output, result
 
 
-def test_one_and_two_workers_make_identical_bytes_and_a_killed_worker_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_and_two_workers_make_identical_bytes_and_a_killed_worker_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
     threads = torch.get_num_threads()

@@ -30,6 +30,7 @@ from diffusers import (  # noqa: E402
 )
 
 from diffspec.generate.builtin import builtin_path  # noqa: E402
+from diffspec.generate.builtin.digit_classifier import classify  # noqa: E402
 from diffspec.generate.builtin.digits import (  # noqa: E402
     DEFAULT_GUIDANCE,
     DEFAULT_SIZE,
@@ -37,7 +38,6 @@ from diffspec.generate.builtin.digits import (  # noqa: E402
     TOKENS,
     DigitsPipeline,
 )
-from diffspec.generate.builtin.digit_classifier import classify  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_SCHEDULERS = [
@@ -75,12 +75,17 @@ def _run(code: str) -> str:
 
 # --------------------------------------------------------------------------- shipping
 
+
 def test_shipped_folder_is_small_safetensors_only_and_standard_diffusers():
     root = builtin_path()
     files = [p for p in root.rglob("*") if p.is_file()]
     names = {p.relative_to(root).as_posix() for p in files}
-    assert {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-            "scheduler/scheduler_config.json"} <= names
+    assert {
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    } <= names
     assert not any(p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl") for p in files)
     total = sum(p.stat().st_size for p in files)
     print(f"\nshipped weights: {total / 1e6:.2f} MB in {len(files)} files")
@@ -119,6 +124,7 @@ def test_package_and_classifier_import_without_torch():
 
 
 # --------------------------------------------------------------------------- call contract
+
 
 def test_call_mirrors_stable_diffusion_txt2img_arguments(pipe):
     out = pipe(
@@ -169,7 +175,8 @@ def test_every_diffusers_scheduler_swaps_in(pipe, scheduler_cls):
 
 
 @pytest.mark.parametrize(
-    "scheduler_cls, steps", [(DDIMScheduler, 20), (EulerDiscreteScheduler, 20), (DPMSolverMultistepScheduler, 15)],
+    "scheduler_cls, steps",
+    [(DDIMScheduler, 20), (EulerDiscreteScheduler, 20), (DPMSolverMultistepScheduler, 15)],
     ids=["ddim", "euler", "dpmsolver"],
 )
 def test_main_schedulers_make_the_prompted_digit(pipe, scheduler_cls, steps):
@@ -184,6 +191,7 @@ def test_main_schedulers_make_the_prompted_digit(pipe, scheduler_cls, steps):
 
 # --------------------------------------------------------------------------- determinism
 
+
 def test_same_seeds_give_identical_bytes(pipe):
     prompts = [f"a {STYLES[i]} {i}" for i in range(8)]
     a = pipe(prompts, generator=gens(range(8))).images
@@ -191,22 +199,23 @@ def test_same_seeds_give_identical_bytes(pipe):
     assert [im.tobytes() for im in a] == [im.tobytes() for im in b]
 
 
-@pytest.mark.parametrize("scheduler_cls", [DDIMScheduler, EulerAncestralDiscreteScheduler, DDPMScheduler],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "scheduler_cls", [DDIMScheduler, EulerAncestralDiscreteScheduler, DDPMScheduler], ids=lambda c: c.__name__
+)
 def test_an_image_does_not_depend_on_its_batch(pipe, scheduler_cls):
     p = DigitsPipeline(unet=pipe.unet, scheduler=scheduler_cls.from_config(pipe.scheduler.config))
     p.set_progress_bar_config(disable=True)
     seeds = [11, 22, 33, 44, 55, 66, 77, 88]
     prompts = [f"a {STYLES[i]} handwritten {i}" for i in range(8)]
     batched = p(prompts, generator=gens(seeds), output_type="np").images
-    single = np.concatenate(
-        [p(prompts[i], generator=gens([s]), output_type="np").images for i, s in enumerate(seeds)]
-    )
+    single = np.concatenate([p(prompts[i], generator=gens([s]), output_type="np").images for i, s in enumerate(seeds)])
     batched8 = np.round(batched * 255)
     single8 = np.round(single * 255)
     diff = np.abs(batched8 - single8).max()
-    print(f"\n{scheduler_cls.__name__}: batch 1 vs 8 max pixel difference {diff:.0f}/255 "
-          f"(float max {np.abs(batched - single).max():.2e})")
+    print(
+        f"\n{scheduler_cls.__name__}: batch 1 vs 8 max pixel difference {diff:.0f}/255 "
+        f"(float max {np.abs(batched - single).max():.2e})"
+    )
     assert diff <= 2
     # reversing the batch order changes nothing either
     rev = p(prompts[::-1], generator=gens(seeds[::-1]), output_type="np").images[::-1]
@@ -214,6 +223,7 @@ def test_an_image_does_not_depend_on_its_batch(pipe, scheduler_cls):
 
 
 # --------------------------------------------------------------------------- the prompt decides
+
 
 def test_quality_shipped_weights_default_settings(pipe):
     """>= 85% recognised overall and >= 70% per digit, 30 images per digit with style words."""
@@ -224,8 +234,10 @@ def test_quality_shipped_weights_default_settings(pipe):
         ims = pipe(prompts, generator=gens([1000 * d + i for i in range(per_digit)])).images
         correct.append(sum(p == d for p, _ in classify(ims)) / per_digit)
     overall = float(np.mean(correct))
-    print(f"\nDDIM {DEFAULT_STEPS} steps, guidance {DEFAULT_GUIDANCE}: overall {overall:.1%}; per digit "
-          + " ".join(f"{d}:{c:.0%}" for d, c in enumerate(correct)))
+    print(
+        f"\nDDIM {DEFAULT_STEPS} steps, guidance {DEFAULT_GUIDANCE}: overall {overall:.1%}; per digit "
+        + " ".join(f"{d}:{c:.0%}" for d, c in enumerate(correct))
+    )
     assert overall >= 0.85
     assert min(correct) >= 0.70
 
@@ -244,8 +256,8 @@ def test_unknown_words_are_ignored_by_the_model(pipe):
 
 def _measures(images):
     """The style measures the training labels came from, on images brought to 8x8, 0..16."""
-    from diffspec.generate.builtin.train_digits import style_measures
     from diffspec.generate.builtin.digit_classifier import to_digit_features
+    from diffspec.generate.builtin.train_digits import style_measures
 
     return style_measures(to_digit_features(images).reshape(-1, 8, 8))
 
@@ -260,8 +272,10 @@ def test_style_words_move_the_measure_they_were_labelled_from(pipe, low, high, m
     prompts_hi = [f"a {high} {i % 10}" for i in range(40)]
     lo = _measures(pipe(prompts_lo, generator=gens(seeds)).images)[measure]
     hi = _measures(pipe(prompts_hi, generator=gens(seeds)).images)[measure]
-    print(f"\n{measure}: '{low}' mean {lo.mean():.3f}, '{high}' mean {hi.mean():.3f}; "
-          f"{np.mean(hi > lo):.0%} of seed pairs ordered")
+    print(
+        f"\n{measure}: '{low}' mean {lo.mean():.3f}, '{high}' mean {hi.mean():.3f}; "
+        f"{np.mean(hi > lo):.0%} of seed pairs ordered"
+    )
     assert hi.mean() > lo.mean()
     assert np.mean(hi > lo) >= 0.7
 

@@ -36,7 +36,7 @@ def _truncate(path: Path) -> None:
 
 def _garble(path: Path) -> None:
     data = bytearray(path.read_bytes())
-    data[len(data) // 3: len(data) // 3 + 64] = b"\x5a" * 64  # inside the data pages, footer intact
+    data[len(data) // 3 : len(data) // 3 + 64] = b"\x5a" * 64  # inside the data pages, footer intact
     path.write_bytes(bytes(data))
 
 

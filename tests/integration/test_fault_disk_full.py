@@ -28,8 +28,9 @@ CLASSES = 'a: {target: 24, prompt: "a photo of a cat"}\nb: {target: 24, prompt: 
 
 def _mount(folder: Path, size_kb: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)], check=True, capture_output=True
+    )
 
 
 @pytest.fixture
@@ -60,8 +61,14 @@ def _fill(folder: Path, leave: int) -> Path:
 
 def _apply(spec: Path, counter: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DIFFSPEC_WRITE_COUNTER": str(counter), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "diffspec.cli", "apply", str(spec), "-q"], cwd=spec.parent,
-                          env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "diffspec.cli", "apply", str(spec), "-q"],
+        cwd=spec.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _no_temp_files(root: Path) -> None:
@@ -69,8 +76,9 @@ def _no_temp_files(root: Path) -> None:
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["inprocess", "processes"])
-def test_images_filling_the_disk_stop_cleanly_and_the_next_apply_completes(tmp_path: Path, mounts: list[Path],
-                                                                           workers: int) -> None:
+def test_images_filling_the_disk_stop_cleanly_and_the_next_apply_completes(
+    tmp_path: Path, mounts: list[Path], workers: int
+) -> None:
     out = tmp_path / "out"
     _mount(out, 4096)
     mounts.append(out)
@@ -99,7 +107,9 @@ def test_images_filling_the_disk_stop_cleanly_and_the_next_apply_completes(tmp_p
     print(f"\n{first.stderr.strip()}")
 
 
-def test_a_full_catalog_stops_cleanly_and_the_images_it_could_not_record_are_adopted(tmp_path: Path, mounts: list[Path]) -> None:
+def test_a_full_catalog_stops_cleanly_and_the_images_it_could_not_record_are_adopted(
+    tmp_path: Path, mounts: list[Path]
+) -> None:
     out = tmp_path / "out"
     out.mkdir()
     catalog_dir = out / "catalog"

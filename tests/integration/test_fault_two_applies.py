@@ -20,10 +20,13 @@ from fault_support import HOLDER_SCRIPT, PLANNED, applied, audit, cli, env
 pytest.importorskip("torch")
 
 
-
 def _hold(output: Path, churn: bool = False) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER_SCRIPT, str(output), "churn" if churn else "idle"],
-                            stdout=subprocess.PIPE, text=True, env=env())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER_SCRIPT, str(output), "churn" if churn else "idle"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -59,8 +62,14 @@ def test_readers_beside_a_compacting_holder_see_a_consistent_catalog(tmp_path: P
     holder = _hold(output, churn=True)
     try:
         for round_ in range(2):
-            q = cli("query", "SELECT count(*) AS n, count(DISTINCT fingerprint) AS d FROM images", "--spec", spec,
-                    "--format", "json")
+            q = cli(
+                "query",
+                "SELECT count(*) AS n, count(DISTINCT fingerprint) AS d FROM images",
+                "--spec",
+                spec,
+                "--format",
+                "json",
+            )
             assert q.rc == 0, q.err
             assert json.loads(q.out) == [{"n": PLANNED, "d": PLANNED}]
             st = cli("status", spec, "--json")

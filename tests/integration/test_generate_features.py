@@ -114,7 +114,9 @@ def test_textual_inversion_changes_the_output(tiny_model, tmp_path):
     save_file({"emb_params": torch.randn(2, 32)}, tmp_path / "tiny-cat.safetensors")  # A1111 format, 2 vectors
     folder = str(tiny_model("sd", "txt2img"))
     base = _one_image(ModelRef("tiny", folder, "sd"))
-    embedded = ModelRef("tiny", folder, "sd", embeddings=(EmbeddingRef(str(tmp_path / "tiny-cat.safetensors"), "<tiny-cat>"),))
+    embedded = ModelRef(
+        "tiny", folder, "sd", embeddings=(EmbeddingRef(str(tmp_path / "tiny-cat.safetensors"), "<tiny-cat>"),)
+    )
     with_ti = _one_image(embedded)
     assert max_diff(base, with_ti) > 0
     assert _one_image(embedded).tobytes() == with_ti.tobytes()
@@ -123,7 +125,9 @@ def test_textual_inversion_changes_the_output(tiny_model, tmp_path):
 def test_missing_lora_is_a_generation_error(tiny_model, tmp_path):
     from diffspec.generate.backend import Backend
 
-    model = ModelRef("tiny", str(tiny_model("sd", "txt2img")), "sd", loras=(LoraRef(str(tmp_path / "none.safetensors")),))
+    model = ModelRef(
+        "tiny", str(tiny_model("sd", "txt2img")), "sd", loras=(LoraRef(str(tmp_path / "none.safetensors")),)
+    )
     with pytest.raises(GenerationError, match="cannot load LoRA"):
         Backend(make_key(model.source, "sd", model=model))
 
@@ -185,7 +189,8 @@ def test_unbalanced_weighting_is_a_generation_error(sd_backend, tiny_model):
 def test_batch_of_one_and_of_four_give_the_same_pictures(sd_backend, tiny_model):
     key = make_key(tiny_model("sd", "txt2img"), "sd", size=64, steps=4)
     units = make_units(
-        key, [101, 102, 103, 104],
+        key,
+        [101, 102, 103, 104],
         prompt=["a red apple", "a green pear", "a yellow banana on a long table", "grapes"],
         negative=["", "blurry", "", "low quality"],
     )

@@ -182,7 +182,9 @@ def test_not_fully_cached_message_counts_as_offline(monkeypatch):
     from diffspec.generate.loading import _is_offline_error
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    exc = OSError("Cannot load model x/y: the model is not fully cached locally (Cannot find an appropriate cached "
-                  "snapshot folder for the specified revision on the local disk and outgoing traffic has been disabled.)")
+    exc = OSError(
+        "Cannot load model x/y: the model is not fully cached locally (Cannot find an appropriate cached "
+        "snapshot folder for the specified revision on the local disk and outgoing traffic has been disabled.)"
+    )
     assert _is_offline_error(exc)
     assert not _is_offline_error(ValueError("unexpected key in state dict"))

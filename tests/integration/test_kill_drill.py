@@ -23,10 +23,22 @@ def _drill_module():
 def test_apply_survives_sigkill_at_random_moments(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # robust timing on a shared 2-core machine
     drill = _drill_module()
-    f = drill.run_drill(tmp_path / "drill", units=48, kills=4, batch=4, size=32, steps=4, seed=1,
-                        after_write=(0.0, 0.8), model=tiny_sd(), verbose=True)
-    print(f"\nkill drill: {f['kills']} kills, {f['planned']} planned, {f['rows']} rows, "
-          f"{f['image_writes']} image writes (bound {f['write_bound']}), {f['seconds']}s")
+    f = drill.run_drill(
+        tmp_path / "drill",
+        units=48,
+        kills=4,
+        batch=4,
+        size=32,
+        steps=4,
+        seed=1,
+        after_write=(0.0, 0.8),
+        model=tiny_sd(),
+        verbose=True,
+    )
+    print(
+        f"\nkill drill: {f['kills']} kills, {f['planned']} planned, {f['rows']} rows, "
+        f"{f['image_writes']} image writes (bound {f['write_bound']}), {f['seconds']}s"
+    )
     assert f["kills"] == 4 or f["finished_before_all_kills"]
     assert f["kills"] >= 2
     assert f["rows"] == f["planned"] == f["unique_fingerprints"] == f["png_files"]

@@ -43,8 +43,10 @@ class RecordingBackend:
 
     def generate(self, units):
         RecordingBackend.calls.append((self.device, self.strategy, len(units)))
-        return [GeneratedImage(u.fingerprint, Image.new("RGB", (u.key.width, u.key.height), (u.seed % 256, 0, 0)), 0.01)
-                for u in units]
+        return [
+            GeneratedImage(u.fingerprint, Image.new("RGB", (u.key.width, u.key.height), (u.seed % 256, 0, 0)), 0.01)
+            for u in units
+        ]
 
     def scheduler_config(self, key):
         return {"_class_name": "FakeScheduler"}
@@ -79,8 +81,12 @@ def test_a_cpu_run_uses_the_batch_size_and_strategy_of_the_plan(tmp_path: Path) 
 
 def test_a_gpu_plan_runs_with_its_strategy_and_batch_size(tmp_path: Path) -> None:
     """GPU faked: the machine probe says one 24 GB CUDA GPU, the backend makes flat images."""
-    spec = write_spec(tmp_path, 'a: {target: 9, prompt: "a photo of a cat"}', max_batch=8,
-                      extra_budget="vram_gb: 0.02, strategy: attention_slicing")
+    spec = write_spec(
+        tmp_path,
+        'a: {target: 9, prompt: "a photo of a cat"}',
+        max_batch=8,
+        extra_budget="vram_gb: 0.02, strategy: attention_slicing",
+    )
     spec.write_text(spec.read_text().replace("devices: cpu", "devices: [0]"))
     project = Project(spec)
     plan = project.plan()  # vram_gb given: no probe needed for the memory figure
@@ -149,8 +155,12 @@ def test_executor_option_is_wired(tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "inprocess executor runs one worker" in bad.output
     ray = runner.invoke(app, ["plan", str(spec), "--executor", "ray", "--workers", "2", "--json"])
     assert ray.exit_code == 0, ray.output  # run through Ray in tests/integration/test_ray_executor.py
-    assert json.loads(ray.stdout)["execution"]["ray"] == {"address": None, "actors": 2, "gpus_per_actor": 0.0,
-                                                          "shared_storage": False}
+    assert json.loads(ray.stdout)["execution"]["ray"] == {
+        "address": None,
+        "actors": 2,
+        "gpus_per_actor": 0.0,
+        "shared_storage": False,
+    }
     unknown = runner.invoke(app, ["apply", str(spec), "--executor", "threads", "-q"])
     assert unknown.exit_code == 1 and "unknown executor 'threads'" in unknown.output
     planned = runner.invoke(app, ["plan", str(spec), "--executor", "processes", "--json"])
@@ -164,7 +174,9 @@ def test_executor_option_is_wired(tmp_path: Path) -> None:
     check_catalog(tmp_path / "out", expected=4)
 
 
-def test_a_plan_file_runs_as_planned_not_as_the_command_line_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_plan_file_runs_as_planned_not_as_the_command_line_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = write_spec(tmp_path, 'a: {target: 2, prompt: "a photo of a cat"}')
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
@@ -174,11 +186,12 @@ def test_a_plan_file_runs_as_planned_not_as_the_command_line_says(tmp_path: Path
 
 
 def test_process_executor_close_closes_every_workers_pipes(tmp_path: Path) -> None:
-    from diffspec.run.executors.processes import ProcessExecutor
     from diffspec.run.executors.base import RunContext
+    from diffspec.run.executors.processes import ProcessExecutor
 
-    executor = ProcessExecutor(["cpu", "cpu", "cpu"], RunContext(str(tmp_path), "r", "d", {}), lambda r: list(r),
-                               local_first=False)
+    executor = ProcessExecutor(
+        ["cpu", "cpu", "cpu"], RunContext(str(tmp_path), "r", "d", {}), lambda r: list(r), local_first=False
+    )
     executor.start()
     executor.close()
     assert len(executor.workers) == 3

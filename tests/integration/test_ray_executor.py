@@ -46,9 +46,16 @@ b: {target: 4, prompt: "a photo of a {x}", vars: {x: [dog, bird]}}
 
 def _ray_env() -> dict[str, str]:
     """What the Ray processes (and CLI drivers) need: no auth, diffspec and ray_faults importable."""
-    path = os.pathsep.join([str(REPO), str(HERE)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join(
+        [str(REPO), str(HERE)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    return {
+        "RAY_AUTH_MODE": "disabled",
+        "PYTHONPATH": path,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +69,13 @@ def ray_session():
         mp.setenv("TMPDIR", short)
         if ray.is_initialized():
             ray.shutdown()
-        context = ray.init(num_cpus=2, include_dashboard=False, _temp_dir=os.path.join(short, "r"),
-                           log_to_driver=False, configure_logging=False)
+        context = ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            _temp_dir=os.path.join(short, "r"),
+            log_to_driver=False,
+            configure_logging=False,
+        )
         try:
             yield context
         finally:
@@ -89,7 +101,9 @@ def reference(tmp_path_factory) -> dict[str, str]:
 
 
 def _ray_apply(folder: Path, name: str, extra_budget: str = "", **options):
-    spec = write_spec(folder, CLASSES, max_batch=4, output=f"out-{name}", name=f"{name}.yaml", extra_budget=extra_budget)
+    spec = write_spec(
+        folder, CLASSES, max_batch=4, output=f"out-{name}", name=f"{name}.yaml", extra_budget=extra_budget
+    )
     project = Project(spec)
     plan = project.plan(executor="ray", workers=2)
     assert plan.execution.ray is not None and plan.execution.ray.actors == 2
@@ -120,14 +134,24 @@ def test_a_dead_actor_has_its_batches_run_again_on_a_new_actor(ray_session, refe
     project, result = _ray_apply(tmp_path, "killed", backend_factory=factory)
     assert marker.exists(), "no actor ran the dying backend"
     assert result.made == 12 and result.failed == 0, result
-    events = [e["event"] for e in json.loads([r for r in Catalog(project.output).runs() if r["phase"] == "finished"][0]["log"])]
+    events = [
+        e["event"]
+        for e in json.loads([r for r in Catalog(project.output).runs() if r["phase"] == "finished"][0]["log"])
+    ]
     assert "worker_died" in events and "requeue" in events and "worker_restart" in events, events
     assert check_catalog(project.output, expected=12) == reference, "the requeued batch made other bytes"
 
 
 def _cli(args: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "diffspec.cli", *args], cwd=str(REPO), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "diffspec.cli", *args],
+        cwd=str(REPO),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def _rows(output: Path) -> int:
@@ -139,10 +163,15 @@ def _rows(output: Path) -> int:
 
 def test_cli_driver_killed_resumes_and_ctrl_c_stops_cleanly(ray_session, tmp_path: Path) -> None:
     address = ray_session.address_info["address"]
-    spec = write_spec(tmp_path, """
+    spec = write_spec(
+        tmp_path,
+        """
         a: {target: 20, prompt: "a photo of a cat"}
         b: {target: 12, prompt: "a photo of a dog"}
-        """, max_batch=2, output="out")
+        """,
+        max_batch=2,
+        output="out",
+    )
     output = tmp_path / "out"
     counter = tmp_path / "writes.txt"
     env = {**os.environ, **_ray_env(), "DIFFSPEC_WRITE_COUNTER": str(counter)}
@@ -237,8 +266,10 @@ def test_a_node_lost_mid_run_is_an_actor_lost(tmp_path: Path) -> None:
     os.makedirs(os.path.join(short, "ray"), exist_ok=True)  # Ray's per-machine files go there
     cluster = None
     try:
-        cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 1, "include_dashboard": False, "temp_dir": os.path.join(short, "r")})
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "include_dashboard": False, "temp_dir": os.path.join(short, "r")},
+        )
         worker = cluster.add_node(num_cpus=1)
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
         cluster.wait_for_nodes()

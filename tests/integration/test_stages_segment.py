@@ -22,8 +22,8 @@ from diffspec.errors import GenerationError, StageError
 from diffspec.stages.hfload import HFModelRef
 from diffspec.stages.masks import MaskFilter, filter_masks
 from diffspec.stages.segment import (
-    DetectParams,
     Detector,
+    DetectParams,
     Segmenter,
     TextSegmenter,
     detection_fingerprint,
@@ -132,7 +132,9 @@ def test_fingerprints_split_detection_from_mask_rules(tiny_dino, tiny_sam) -> No
     assert det != detection_fingerprint(dino, DetectParams(text_threshold=0.3), "plum", "img-fp")
     assert det != detection_fingerprint(dino, DetectParams(), "plums", "img-fp")
     assert det != detection_fingerprint(dino, DetectParams(), "plum", "img-fp-2")
-    assert det != detection_fingerprint(HFModelRef("IDEA-Research/grounding-dino-tiny"), DetectParams(), "plum", "img-fp")
+    assert det != detection_fingerprint(
+        HFModelRef("IDEA-Research/grounding-dino-tiny"), DetectParams(), "plum", "img-fp"
+    )
     seg = segment_fingerprint(sam, MaskFilter(), det)
     assert seg != segment_fingerprint(sam, MaskFilter(min_area=0.01), det)
     assert seg != segment_fingerprint(sam, MaskFilter(), "other-detections")

@@ -10,8 +10,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no weights can be downloaded here
 
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable, Iterator  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -103,7 +103,9 @@ def make_key(
 ) -> PipelineKey:
     if model is None:
         controlnet = str(Path(folder) / "controlnet") if mode == "controlnet" else None
-        model = ModelRef(name=f"tiny-{family}", source=str(folder), family=family, controlnet=controlnet, **model_fields)
+        model = ModelRef(
+            name=f"tiny-{family}", source=str(folder), family=family, controlnet=controlnet, **model_fields
+        )
     return PipelineKey(
         model=model,
         mode=mode,
@@ -136,8 +138,17 @@ def make_units(
         fingerprint = fingerprint_of(key, p, n, seed, image, mask)
         units.append(
             WorkUnit(
-                fingerprint=fingerprint, key=key, class_name="tiny", index=index, seed=seed, prompt=p,
-                negative=n, input_image=image, input_hash=image, mask_image=mask, mask_hash=mask,
+                fingerprint=fingerprint,
+                key=key,
+                class_name="tiny",
+                index=index,
+                seed=seed,
+                prompt=p,
+                negative=n,
+                input_image=image,
+                input_hash=image,
+                mask_image=mask,
+                mask_hash=mask,
             )
         )
     return units

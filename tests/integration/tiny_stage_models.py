@@ -11,8 +11,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no weights can be downloaded here
 
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 

@@ -70,7 +70,9 @@ def test_nothing_to_write_is_fine(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("syncfs", ["1", "0"])
-def test_a_batch_larger_than_the_open_file_limit_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: str) -> None:
+def test_a_batch_larger_than_the_open_file_limit_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: str
+) -> None:
     resource = pytest.importorskip("resource")
     monkeypatch.setenv("DIFFSPEC_SYNCFS", syncfs)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

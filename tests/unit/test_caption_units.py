@@ -49,18 +49,36 @@ def test_fingerprint_covers_model_parameters_seed_and_input() -> None:
     base = caption_fingerprint(MODEL, params, 11, text_fingerprint("Almond Horchata"))
     assert len(base) == 64
     changed = [
-        caption_fingerprint(dataclasses.replace(MODEL, source="google/gemma-3-4b-it"), params, 11, text_fingerprint("Almond Horchata")),
-        caption_fingerprint(dataclasses.replace(MODEL, revision="def456"), params, 11, text_fingerprint("Almond Horchata")),
-        caption_fingerprint(dataclasses.replace(MODEL, dtype="bfloat16"), params, 11, text_fingerprint("Almond Horchata")),
+        caption_fingerprint(
+            dataclasses.replace(MODEL, source="google/gemma-3-4b-it"), params, 11, text_fingerprint("Almond Horchata")
+        ),
+        caption_fingerprint(
+            dataclasses.replace(MODEL, revision="def456"), params, 11, text_fingerprint("Almond Horchata")
+        ),
+        caption_fingerprint(
+            dataclasses.replace(MODEL, dtype="bfloat16"), params, 11, text_fingerprint("Almond Horchata")
+        ),
         caption_fingerprint(MODEL, params, 12, text_fingerprint("Almond Horchata")),
         caption_fingerprint(MODEL, params, 11, text_fingerprint("Almond Horchata latte")),
     ]
-    for field, value in [("temperature", 0.9), ("top_p", 0.9), ("top_k", 40), ("max_new_tokens", 65),
-                         ("instruction", "Rewrite: {text}")]:
-        changed.append(caption_fingerprint(MODEL, dataclasses.replace(params, **{field: value}), 11, text_fingerprint("Almond Horchata")))
+    for field, value in [
+        ("temperature", 0.9),
+        ("top_p", 0.9),
+        ("top_k", 40),
+        ("max_new_tokens", 65),
+        ("instruction", "Rewrite: {text}"),
+    ]:
+        changed.append(
+            caption_fingerprint(
+                MODEL, dataclasses.replace(params, **{field: value}), 11, text_fingerprint("Almond Horchata")
+            )
+        )
     assert len(set(changed) | {base}) == len(changed) + 1
     # the base seed reaches the fingerprint only through the unit's own seed
-    assert caption_fingerprint(MODEL, dataclasses.replace(params, base_seed=99), 11, text_fingerprint("Almond Horchata")) == base
+    assert (
+        caption_fingerprint(MODEL, dataclasses.replace(params, base_seed=99), 11, text_fingerprint("Almond Horchata"))
+        == base
+    )
     # whitespace in the source text is not meaning
     assert caption_fingerprint(MODEL, params, 11, text_fingerprint("  Almond\tHorchata ")) == base
     # an int temperature and the same float are one unit
@@ -82,8 +100,13 @@ def test_instruction_template_needs_text_and_rejects_unknown_placeholders() -> N
 
 @pytest.mark.parametrize(
     "field, value, match",
-    [("temperature", -0.1, "temperature"), ("temperature", float("nan"), "temperature"), ("top_p", 0.0, "top_p"),
-     ("top_k", -1, "top_k"), ("max_new_tokens", 0, "max_new_tokens")],
+    [
+        ("temperature", -0.1, "temperature"),
+        ("temperature", float("nan"), "temperature"),
+        ("top_p", 0.0, "top_p"),
+        ("top_k", -1, "top_k"),
+        ("max_new_tokens", 0, "max_new_tokens"),
+    ],
 )
 def test_bad_sampling_parameters_are_stage_errors(field: str, value: object, match: str) -> None:
     with pytest.raises(StageError, match=match):
@@ -91,7 +114,7 @@ def test_bad_sampling_parameters_are_stage_errors(field: str, value: object, mat
 
 
 def test_clean_caption_takes_the_first_real_line() -> None:
-    assert clean_caption("\n\n  \"Spiced almond horchata over ice.\"\nMore text") == "Spiced almond horchata over ice."
+    assert clean_caption('\n\n  "Spiced almond horchata over ice."\nMore text') == "Spiced almond horchata over ice."
     assert clean_caption("1. Horchata with cinnamon\n2. Another") == "Horchata with cinnamon"
     assert clean_caption("- **Iced horchata**") == "Iced horchata"
     assert clean_caption("Caption 1: A tall   glass of horchata") == "A tall glass of horchata"

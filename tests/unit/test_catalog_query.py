@@ -107,6 +107,8 @@ def test_cli_query_refuses_writes_without_traceback(catalog: Catalog) -> None:
     result = CliRunner().invoke(app, ["query", "DELETE FROM images", "--output", str(catalog.output)])
     assert result.exit_code == 1
     assert "read-only" in result.output and "Traceback" not in result.output
-    result = CliRunner().invoke(app, ["query", "SELECT count(*) AS n FROM images", "--output", str(catalog.output), "--format", "json"])
+    result = CliRunner().invoke(
+        app, ["query", "SELECT count(*) AS n FROM images", "--output", str(catalog.output), "--format", "json"]
+    )
     assert result.exit_code == 0, result.output
     assert '"n": 3' in result.stdout

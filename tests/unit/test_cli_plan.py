@@ -46,7 +46,12 @@ def test_detailed_exitcode_is_0_without_changes(specs_copy: Path, write_catalog:
         assert "No changes: 300 images are up to date." in result.stdout
     else:
         data = json.loads(result.stdout)
-        assert data["changes"] is False and data["totals"] == {"create": 0, "keep": 300, "remove": 0, "estimated_seconds": 0.0}
+        assert data["changes"] is False and data["totals"] == {
+            "create": 0,
+            "keep": 300,
+            "remove": 0,
+            "estimated_seconds": 0.0,
+        }
 
 
 def test_detailed_exitcode_is_2_when_only_removals_remain(specs_copy: Path, write_catalog: Any) -> None:

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from diffspec.catalog.store import Catalog
 from diffspec.catalog.records import ImageRecord
+from diffspec.catalog.store import Catalog
 from diffspec.cli import app
 from diffspec.errors import DiffspecError, ExportError
 from diffspec.project import Project
@@ -60,14 +60,30 @@ def record_images(project: Project) -> dict[str, dict[str, Any]]:
         path = project.output / unit.relpath
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        rows.append({
-            "fingerprint": unit.fingerprint, "dataset": "export-test", "class_name": unit.class_name,
-            "classes": list(unit.classes), "label": unit.class_name, "unit_index": unit.index, "seed": unit.seed,
-            "prompt": unit.prompt, "negative_prompt": unit.negative, "model_name": unit.key.model.name,
-            "model_source": unit.key.model.source, "scheduler": unit.key.scheduler, "width": unit.key.width,
-            "height": unit.key.height, "steps": unit.key.steps, "guidance": unit.key.guidance, "path": unit.relpath,
-            "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "canonical": unit.canonical(),
-        })
+        rows.append(
+            {
+                "fingerprint": unit.fingerprint,
+                "dataset": "export-test",
+                "class_name": unit.class_name,
+                "classes": list(unit.classes),
+                "label": unit.class_name,
+                "unit_index": unit.index,
+                "seed": unit.seed,
+                "prompt": unit.prompt,
+                "negative_prompt": unit.negative,
+                "model_name": unit.key.model.name,
+                "model_source": unit.key.model.source,
+                "scheduler": unit.key.scheduler,
+                "width": unit.key.width,
+                "height": unit.key.height,
+                "steps": unit.key.steps,
+                "guidance": unit.key.guidance,
+                "path": unit.relpath,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "bytes": len(data),
+                "canonical": unit.canonical(),
+            }
+        )
     Catalog(project.output).append_images([ImageRecord(**r) for r in rows], "run-1")
     return {r["fingerprint"]: r for r in rows}
 
@@ -84,8 +100,16 @@ def rows(project: Project) -> dict[str, dict[str, Any]]:
 
 
 def reject(project: Project, fingerprint: str, passed: bool = False, run_id: str = "filter-run") -> None:
-    verdicts = pa.table({"fingerprint": [fingerprint], "class_name": ["zero"], "filter": ["classifier"],
-                         "config_hash": ["x"], "passed": [passed], "value": [0.1]})
+    verdicts = pa.table(
+        {
+            "fingerprint": [fingerprint],
+            "class_name": ["zero"],
+            "filter": ["classifier"],
+            "config_hash": ["x"],
+            "passed": [passed],
+            "value": [0.1],
+        }
+    )
     Catalog(project.output).append_stage("filters", verdicts, run_id)
 
 
@@ -99,7 +123,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 # ---- imagefolder --------------------------------------------------------------------------
-def test_imagefolder_hard_links_one_folder_per_class_with_metadata(project: Project, rows: dict[str, Any], tmp_path: Path) -> None:
+def test_imagefolder_hard_links_one_folder_per_class_with_metadata(
+    project: Project, rows: dict[str, Any], tmp_path: Path
+) -> None:
     dest = tmp_path / "export"
     result = project.export("imagefolder", dest)
     assert result.counts == {"zero": 3, "one": 2, "seven": 2} and result.total == 7
@@ -116,7 +142,12 @@ def test_imagefolder_hard_links_one_folder_per_class_with_metadata(project: Proj
     for m in meta:
         row = rows[m["fingerprint"]]
         assert m["file_name"] == f"{row['class_name']}/{m['fingerprint']}.png"
-        assert (m["label"], m["prompt"], int(m["seed"]), m["rejected"]) == (row["label"], row["prompt"], row["seed"], "false")
+        assert (m["label"], m["prompt"], int(m["seed"]), m["rejected"]) == (
+            row["label"],
+            row["prompt"],
+            row["seed"],
+            "false",
+        )
         assert m["sha256"] == row["sha256"] == hashlib.sha256((dest / m["file_name"]).read_bytes()).hexdigest()
 
 
@@ -130,19 +161,24 @@ def test_copy_makes_independent_files(project: Project, rows: dict[str, Any], tm
         assert exported.read_bytes() == source.read_bytes()
 
 
-def test_link_falls_back_to_copy_across_filesystems(project: Project, rows: dict[str, Any], tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_link_falls_back_to_copy_across_filesystems(
+    project: Project, rows: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def cross_device(src: Any, dst: Any) -> None:
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "link", cross_device)
     result = project.export("imagefolder", tmp_path / "export")
     assert (result.linked, result.copied) == (0, 7)
-    assert all((tmp_path / "export" / r["class_name"] / f"{fp}.png").read_bytes() == (project.output / r["path"]).read_bytes()
-               for fp, r in rows.items())
+    assert all(
+        (tmp_path / "export" / r["class_name"] / f"{fp}.png").read_bytes() == (project.output / r["path"]).read_bytes()
+        for fp, r in rows.items()
+    )
 
 
-def test_export_again_rewrites_nothing_and_switches_link_mode(project: Project, rows: dict[str, Any], tmp_path: Path) -> None:
+def test_export_again_rewrites_nothing_and_switches_link_mode(
+    project: Project, rows: dict[str, Any], tmp_path: Path
+) -> None:
     dest = tmp_path / "export"
     project.export("imagefolder", dest, link=False)
     before = {p: (dest / p).stat() for p in files_under(dest)}
@@ -178,8 +214,9 @@ def test_rejected_images_are_left_out_unless_asked_for(project: Project, rows: d
     assert flags[bad] == "true" and sum(v == "true" for v in flags.values()) == 1
 
 
-def test_latest_verdict_counts_and_a_newly_rejected_image_leaves_the_export(project: Project, rows: dict[str, Any],
-                                                                           tmp_path: Path) -> None:
+def test_latest_verdict_counts_and_a_newly_rejected_image_leaves_the_export(
+    project: Project, rows: dict[str, Any], tmp_path: Path
+) -> None:
     fp = next(iter(rows))
     dest = tmp_path / "export"
     project.export("imagefolder", dest)
@@ -195,7 +232,9 @@ def test_latest_verdict_counts_and_a_newly_rejected_image_leaves_the_export(proj
     assert result.total == 7 and exported.exists()
 
 
-def test_images_the_spec_no_longer_asks_for_are_left_out(project: Project, rows: dict[str, Any], tmp_path: Path) -> None:
+def test_images_the_spec_no_longer_asks_for_are_left_out(
+    project: Project, rows: dict[str, Any], tmp_path: Path
+) -> None:
     write_spec(tmp_path, zero=1)
     result = Project(tmp_path / "spec.yaml").export("imagefolder", tmp_path / "export")
     assert result.counts == {"zero": 1, "one": 2, "seven": 2} and result.skipped_obsolete == 2
@@ -210,10 +249,13 @@ def test_a_row_whose_file_is_missing_stops_the_export(project: Project, rows: di
     assert not dest.exists()  # checked before anything is written
 
 
-def test_a_row_pointing_outside_the_output_root_is_refused(project: Project, rows: dict[str, Any], tmp_path: Path) -> None:
+def test_a_row_pointing_outside_the_output_root_is_refused(
+    project: Project, rows: dict[str, Any], tmp_path: Path
+) -> None:
     (tmp_path / "secret.png").write_bytes(png_bytes(1))
-    Catalog(project.output).append_images([ImageRecord(fingerprint=next(iter(rows)), class_name="zero",
-                                                       path="../secret.png")], "run-0")  # read first: wins
+    Catalog(project.output).append_images(
+        [ImageRecord(fingerprint=next(iter(rows)), class_name="zero", path="../secret.png")], "run-0"
+    )  # read first: wins
     with pytest.raises(ExportError, match="outside"):
         project.export("imagefolder", tmp_path / "export")
 
@@ -245,7 +287,12 @@ def test_hf_follows_the_datasets_imagefolder_layout(project: Project, rows: dict
         row = rows[m["fingerprint"]]
         assert m["file_name"] == f"{row['class_name']}/{m['fingerprint']}.png"  # relative to train/
         assert (m["class"], m["prompt"], m["seed"], m["sha256"], m["rejected"]) == (
-            row["class_name"], row["prompt"], row["seed"], row["sha256"], False)
+            row["class_name"],
+            row["prompt"],
+            row["seed"],
+            row["sha256"],
+            False,
+        )
         assert os.stat(dest / "train" / m["file_name"]).st_ino == os.stat(project.output / row["path"]).st_ino
 
 
@@ -267,8 +314,9 @@ def test_csv_lists_absolute_paths_with_provenance(project: Project, rows: dict[s
 SEGMENT = ""  # the labels' contract is the segment table; the stage that writes it arrives in 0.2
 
 
-def test_yolo_before_any_segment_output_says_so_and_writes_no_empty_labels(project: Project, rows: dict[str, Any],
-                                                                           tmp_path: Path) -> None:
+def test_yolo_before_any_segment_output_says_so_and_writes_no_empty_labels(
+    project: Project, rows: dict[str, Any], tmp_path: Path
+) -> None:
     with pytest.raises(ExportError, match="holds none .* no empty label files were written"):
         project.export("yolo", tmp_path / "yolo")
     assert not (tmp_path / "yolo").exists()
@@ -282,33 +330,44 @@ def test_yolo_writes_labels_from_the_segment_table(tmp_path: Path, monkeypatch: 
     rows = record_images(project)
     zero = [fp for fp, r in rows.items() if r["class_name"] == "zero"]
     seven = next(fp for fp, r in rows.items() if r["class_name"] == "seven")
-    segments = pa.table({
-        "fingerprint": [zero[0], zero[0], zero[1], seven],
-        "class_name": [None, "one", None, None],
-        "polygon": pa.array([[0.1, 0.1, 0.5, 0.1, 0.3, 0.6], None, None, None], pa.list_(pa.float64())),
-        "box": pa.array([None, [0.5, 0.5, 0.2, 0.4], None, [0.25, 0.75, 0.5, 0.5]], pa.list_(pa.float64())),
-    })
+    segments = pa.table(
+        {
+            "fingerprint": [zero[0], zero[0], zero[1], seven],
+            "class_name": [None, "one", None, None],
+            "polygon": pa.array([[0.1, 0.1, 0.5, 0.1, 0.3, 0.6], None, None, None], pa.list_(pa.float64())),
+            "box": pa.array([None, [0.5, 0.5, 0.2, 0.4], None, [0.25, 0.75, 0.5, 0.5]], pa.list_(pa.float64())),
+        }
+    )
     Catalog(project.output).append_stage("segment", segments, "seg-run")
     dest = tmp_path / "yolo"
     result = project.export("yolo", dest)
     assert result.counts == {"zero": 2, "one": 0, "seven": 1} and result.skipped_unlabelled == 4
-    assert (dest / "labels" / "train" / f"{zero[0]}.txt").read_text() == "0 0.1 0.1 0.5 0.1 0.3 0.6\n1 0.5 0.5 0.2 0.4\n"
+    assert (
+        dest / "labels" / "train" / f"{zero[0]}.txt"
+    ).read_text() == "0 0.1 0.1 0.5 0.1 0.3 0.6\n1 0.5 0.5 0.2 0.4\n"
     assert (dest / "labels" / "train" / f"{zero[1]}.txt").read_text() == ""  # looked at, nothing found
     assert (dest / "labels" / "train" / f"{seven}.txt").read_text() == "2 0.25 0.75 0.5 0.5\n"
-    assert {p for p in files_under(dest) if p.startswith("images/")} == {f"images/train/{fp}.png" for fp in (*zero[:2], seven)}
+    assert {p for p in files_under(dest) if p.startswith("images/")} == {
+        f"images/train/{fp}.png" for fp in (*zero[:2], seven)
+    }
     assert (dest / "classes.txt").read_text() == "zero\none\nseven\n"
     data = ruamel.yaml.YAML(typ="safe").load((dest / "data.yaml").read_text())
     assert data["names"] == {0: "zero", 1: "one", 2: "seven"} and data["nc"] == 3
     assert data["train"] == "images/train" and Path(data["path"]) == dest.resolve()
 
-    Catalog(project.output).append_stage("segment", pa.table({"fingerprint": [zero[0]], "class_name": ["nine"],
-                                                              "box": [[0.5, 0.5, 0.1, 0.1]]}), "seg-run-2")
+    Catalog(project.output).append_stage(
+        "segment",
+        pa.table({"fingerprint": [zero[0]], "class_name": ["nine"], "box": [[0.5, 0.5, 0.1, 0.1]]}),
+        "seg-run-2",
+    )
     with pytest.raises(ExportError, match="names class 'nine', which is not a class of the spec"):
         project.export("yolo", dest)
 
 
 # ---- CLI ----------------------------------------------------------------------------------
-def test_cli_prints_counts_per_class_and_honours_include_rejected(project: Project, rows: dict[str, Any], tmp_path: Path) -> None:
+def test_cli_prints_counts_per_class_and_honours_include_rejected(
+    project: Project, rows: dict[str, Any], tmp_path: Path
+) -> None:
     reject(project, next(fp for fp, r in rows.items() if r["class_name"] == "one"))
     runner = CliRunner()
     result = runner.invoke(app, ["export", "spec.yaml", "exported", "--format", "imagefolder", "--copy"])

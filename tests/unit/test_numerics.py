@@ -17,7 +17,7 @@ def _inputs(n: int, k: int) -> tuple:
     return torch.randn(n, 32, 12, 12, generator=g), torch.randn(48, 32, k, k, generator=g), torch.randn(48, generator=g)
 
 
-def _conv(n: int, k: int, stride: int, threads: int) -> "torch.Tensor":
+def _conv(n: int, k: int, stride: int, threads: int) -> torch.Tensor:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -32,12 +32,15 @@ def moved(before: list[Any], after: list[Any]) -> int:
 
 
 products = st.lists(st.integers(2, 6), min_size=2, max_size=4).map(
-    lambda sizes: [[f"v{j}_{i}" for i in range(m)] for j, m in enumerate(sizes)])
+    lambda sizes: [[f"v{j}_{i}" for i in range(m)] for j, m in enumerate(sizes)]
+)
 
 
 @settings(max_examples=200, deadline=None)
 @given(values=products, n=st.integers(0, 3000), more=st.integers(1, 500), stream=st.text(max_size=8), data=st.data())
-def test_balanced_stable_and_minimal(values: list[list[str]], n: int, more: int, stream: str, data: st.DataObject) -> None:
+def test_balanced_stable_and_minimal(
+    values: list[list[str]], n: int, more: int, stream: str, data: st.DataObject
+) -> None:
     combos = list(itertools.product(*values))
     k = len(combos)
     units = units_of(stream, combos, n)
@@ -119,10 +122,12 @@ def test_readme_example_moves(tmp_path: Path, capsys: Any) -> None:
     moved_remove = len(set(base) - set(removed))
     own = sum(p.endswith("dim kitchen light") for p in base.values())
     with capsys.disabled():
-        print(f"\nREADME example, 400 units over 3 lighting values: add a 4th moves {moved_add} "
-              f"(minimum {400 // 4}, bound {2 * 400 / 4:.0f}); remove one moves {moved_remove} "
-              f"(its own {own}, bound {own + 400 / 3:.0f}); 400 -> 500 moves {len(set(base) - set(raised))}, "
-              f"adds {len(set(raised) - set(base))}")
+        print(
+            f"\nREADME example, 400 units over 3 lighting values: add a 4th moves {moved_add} "
+            f"(minimum {400 // 4}, bound {2 * 400 / 4:.0f}); remove one moves {moved_remove} "
+            f"(its own {own}, bound {own + 400 / 3:.0f}); 400 -> 500 moves {len(set(base) - set(raised))}, "
+            f"adds {len(set(raised) - set(base))}"
+        )
     assert moved_add == 100 and all(p.endswith("golden hour") for fp, p in added.items() if fp not in base)
     assert moved_remove == own
     assert set(base) <= set(raised) and len(raised) == 500
@@ -148,7 +153,9 @@ classes:
         path = tmp_path / f"spec-{len(images)}.yaml"
         path.write_text(spec.format(images=images))
         units = compile_spec(load_spec(path))["edit"]
-        keys = [(v, Path(units.inputs[i].path).name) for v, i in zip(units.variant_of.tolist(), units.input_of.tolist())]
+        keys = [
+            (v, Path(units.inputs[i].path).name) for v, i in zip(units.variant_of.tolist(), units.input_of.tolist())
+        ]
         return Counter(keys), dict(zip(units.fingerprints, keys))
 
     three, before = pairs('["inputs/a.png", "inputs/b.png", "inputs/c.png"]')

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from diffspec.plan.unit import ModelRef, PipelineKey, WorkUnit, fingerprint_of
 from diffspec.plan.batches import make_batches
+from diffspec.plan.unit import ModelRef, PipelineKey, WorkUnit, fingerprint_of
 
 
 def key(model: str = "m", steps: int = 2, size: int = 32) -> PipelineKey:
@@ -18,13 +18,20 @@ def unit(k: PipelineKey, cls: str, index: int, prompt: str = "p") -> WorkUnit:
 
 def test_units_of_one_key_share_batches_up_to_the_size_and_others_never_mix() -> None:
     k1, k2 = key(steps=2), key(steps=4)
-    units = [unit(k1, "a", i) for i in range(5)] + [unit(k2, "b", i) for i in range(3)] + [unit(k1, "c", i, "q") for i in range(2)]
+    units = (
+        [unit(k1, "a", i) for i in range(5)]
+        + [unit(k2, "b", i) for i in range(3)]
+        + [unit(k1, "c", i, "q") for i in range(2)]
+    )
     batches = make_batches(units, lambda k: 4)
     assert [len(b) for b in batches] == [4, 3, 3]
     for b in batches:
         assert all(u.key == b.key for u in b.units)
     # k1's units (classes a and c) fill batches together, in (class, index) order
-    assert [(u.class_name, u.index) for u in batches[0].units + batches[1].units] == [("a", i) for i in range(5)] + [("c", 0), ("c", 1)]
+    assert [(u.class_name, u.index) for u in batches[0].units + batches[1].units] == [("a", i) for i in range(5)] + [
+        ("c", 0),
+        ("c", 1),
+    ]
     assert [b.id for b in batches] == [0, 1, 2]
 
 
@@ -48,5 +55,12 @@ def test_batches_of_one_model_stay_together_so_a_worker_never_reloads() -> None:
 def test_sizes_and_strategies_come_from_the_memory_plan_per_key() -> None:
     small, big = key(size=32), key(size=512)
     units = [unit(small, "a", i) for i in range(6)] + [unit(big, "b", i) for i in range(6)]
-    batches = make_batches(units, lambda k: 6 if k.width == 32 else 2, lambda k: "none" if k.width == 32 else "vae_tiling")
-    assert [(len(b), b.strategy) for b in batches] == [(6, "none"), (2, "vae_tiling"), (2, "vae_tiling"), (2, "vae_tiling")]
+    batches = make_batches(
+        units, lambda k: 6 if k.width == 32 else 2, lambda k: "none" if k.width == 32 else "vae_tiling"
+    )
+    assert [(len(b), b.strategy) for b in batches] == [
+        (6, "none"),
+        (2, "vae_tiling"),
+        (2, "vae_tiling"),
+        (2, "vae_tiling"),
+    ]

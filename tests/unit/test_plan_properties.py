@@ -33,7 +33,11 @@ BASE: dict[str, Any] = {
     "vars": {"light": ["soft light", "studio light"]},
     "classes": {
         "cat": {"target": 20, "prompt": "a photo of a cat, {light}", "label": "Cat"},
-        "dog": {"target": 15, "prompt": "a photo of a {breed} dog, {light}", "vars": {"breed": ["pug", "corgi", "beagle"]}},
+        "dog": {
+            "target": 15,
+            "prompt": "a photo of a {breed} dog, {light}",
+            "vars": {"breed": ["pug", "corgi", "beagle"]},
+        },
     },
 }
 
@@ -95,17 +99,28 @@ def cosmetic_variants(draw: st.DrawFn) -> tuple[dict[str, Any], list[str]]:
     # Metadata: none of it changes pixels.
     data["dataset"] = draw(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.\- ]{0,30}", fullmatch=True))
     data["output"] = draw(st.sampled_from(["out", "elsewhere/out", "../outside", "deep/er/out"]))
-    data["description"] = draw(st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF, blacklist_categories=("Cs", "Cc")), max_size=40))
-    data["classes"]["cat"]["label"] = draw(st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF, blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20))
+    data["description"] = draw(
+        st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF, blacklist_categories=("Cs", "Cc")), max_size=40)
+    )
+    data["classes"]["cat"]["label"] = draw(
+        st.text(
+            st.characters(min_codepoint=32, max_codepoint=0x2FFF, blacklist_categories=("Cs", "Cc")),
+            min_size=1,
+            max_size=20,
+        )
+    )
     if draw(st.booleans()):
         data["classes"]["dog"]["description"] = "a dog class"
     # Whitespace inside and around prompts.
     for cls in data["classes"].values():
         words = cls["prompt"].split(" ")
-        cls["prompt"] = draw(WHITESPACE) * draw(st.integers(0, 1)) + "".join(
-            w + (draw(WHITESPACE) if i < len(words) - 1 else "") for i, w in enumerate(words)
-        ) + draw(WHITESPACE) * draw(st.integers(0, 1))
+        cls["prompt"] = (
+            draw(WHITESPACE) * draw(st.integers(0, 1))
+            + "".join(w + (draw(WHITESPACE) if i < len(words) - 1 else "") for i, w in enumerate(words))
+            + draw(WHITESPACE) * draw(st.integers(0, 1))
+        )
     data["defaults"]["negative"] = draw(WHITESPACE) + "blurry" + draw(WHITESPACE)
+
     # Key order at every level.
     def shuffle(mapping: dict[str, Any]) -> dict[str, Any]:
         keys = draw(st.permutations(list(mapping)))
@@ -117,14 +132,20 @@ def cosmetic_variants(draw: st.DrawFn) -> tuple[dict[str, Any], list[str]]:
     out: list[str] = []
     for line in lines:
         if draw(st.integers(0, 3)) == 0:
-            out.append(" " * draw(st.integers(0, 6)) + "# " + draw(st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20)))
+            out.append(
+                " " * draw(st.integers(0, 6))
+                + "# "
+                + draw(st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20))
+            )
         out.append(line + ("  # note: {light} 'quoted' \"x\"" if draw(st.integers(0, 3)) == 0 else ""))
     return data, out
 
 
 @SETTINGS
 @given(variant=cosmetic_variants())
-def test_fingerprints_ignore_key_order_comments_whitespace_and_metadata(tmp_path_factory: pytest.TempPathFactory, variant: tuple[dict[str, Any], list[str]]) -> None:
+def test_fingerprints_ignore_key_order_comments_whitespace_and_metadata(
+    tmp_path_factory: pytest.TempPathFactory, variant: tuple[dict[str, Any], list[str]]
+) -> None:
     folder = tmp_path_factory.mktemp("cosmetic")
     base = load(folder, BASE, name="base.yaml")
     data, lines = variant
@@ -188,7 +209,9 @@ def test_anything_that_changes_pixels_changes_every_fingerprint(folder: Path, ed
 # ---- monotone targets ---------------------------------------------------------------------
 @SETTINGS
 @given(old=st.integers(0, 300), extra=st.integers(1, 300))
-def test_raising_a_target_adds_exactly_the_difference(tmp_path_factory: pytest.TempPathFactory, write_catalog: Any, old: int, extra: int) -> None:
+def test_raising_a_target_adds_exactly_the_difference(
+    tmp_path_factory: pytest.TempPathFactory, write_catalog: Any, old: int, extra: int
+) -> None:
     folder = tmp_path_factory.mktemp("raise")
     before = load(folder, with_changes(dog={"target": old}))
     record(before, write_catalog)
@@ -206,7 +229,9 @@ def test_raising_a_target_adds_exactly_the_difference(tmp_path_factory: pytest.T
 
 @SETTINGS
 @given(old=st.integers(1, 300), data=st.data())
-def test_lowering_a_target_removes_only_that_class_surplus(tmp_path_factory: pytest.TempPathFactory, write_catalog: Any, old: int, data: st.DataObject) -> None:
+def test_lowering_a_target_removes_only_that_class_surplus(
+    tmp_path_factory: pytest.TempPathFactory, write_catalog: Any, old: int, data: st.DataObject
+) -> None:
     new = data.draw(st.integers(0, old - 1))
     folder = tmp_path_factory.mktemp("lower")
     before = load(folder, with_changes(dog={"target": old}))
@@ -254,7 +279,10 @@ def test_same_prompt_and_seed_key_is_one_unit_owned_by_first_class_by_name(folde
 
 def test_different_seed_keys_do_not_dedup(folder: Path) -> None:
     data = copy.deepcopy(BASE)
-    data["classes"] = {"fox": {"prompt": "a photo of a fox", "target": 10}, "zorro": {"prompt": "a photo of a fox", "target": 10}}
+    data["classes"] = {
+        "fox": {"prompt": "a photo of a fox", "target": 10},
+        "zorro": {"prompt": "a photo of a fox", "target": 10},
+    }
     plan = build_plan(load(folder, data))
     assert plan.total_create == 20 and all(c.shared == 0 for c in plan.classes)
 
@@ -299,7 +327,9 @@ def _units_by_prompt(loaded: LoadedSpec, name: str) -> dict[str, str]:
 
 @settings(max_examples=12, deadline=None)
 @given(k=st.integers(1, 8), name=st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True))
-def test_adding_a_var_value_moves_only_what_the_new_value_needs(tmp_path_factory: pytest.TempPathFactory, k: int, name: str) -> None:
+def test_adding_a_var_value_moves_only_what_the_new_value_needs(
+    tmp_path_factory: pytest.TempPathFactory, k: int, name: str
+) -> None:
     folder = tmp_path_factory.mktemp("add")
     values = [f"thing{i}" for i in range(k)]
     before = _units_by_prompt(load(folder, _var_spec(values, name), name="before.yaml"), name)
@@ -313,12 +343,16 @@ def test_adding_a_var_value_moves_only_what_the_new_value_needs(tmp_path_factory
 
 @settings(max_examples=12, deadline=None)
 @given(k=st.integers(2, 8), data=st.data())
-def test_removing_a_var_value_moves_only_its_units(tmp_path_factory: pytest.TempPathFactory, k: int, data: st.DataObject) -> None:
+def test_removing_a_var_value_moves_only_its_units(
+    tmp_path_factory: pytest.TempPathFactory, k: int, data: st.DataObject
+) -> None:
     gone = data.draw(st.integers(0, k - 1))
     folder = tmp_path_factory.mktemp("remove")
     values = [f"thing{i}" for i in range(k)]
     before = _units_by_prompt(load(folder, _var_spec(values, "things"), name="before.yaml"), "things")
-    after = _units_by_prompt(load(folder, _var_spec([v for i, v in enumerate(values) if i != gone], "things"), name="after.yaml"), "things")
+    after = _units_by_prompt(
+        load(folder, _var_spec([v for i, v in enumerate(values) if i != gone], "things"), name="after.yaml"), "things"
+    )
     held = {fp for fp, p in before.items() if p == f"a photo of a thing{gone}"}
     assert set(before) - set(after) == held  # no rebalancing move: the others only gain units
 
@@ -348,7 +382,11 @@ def test_canonical_text_hashes_to_the_fingerprint(specs_copy: Path, spec: str) -
         assert all(u.input_hash and f'"{u.input_hash}"' in u.canonical() for u in units)
 
 
-PROMPT_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=0x10FFFF, blacklist_categories=("Cs", "Cc", "Co", "Cn")), min_size=1, max_size=40)
+PROMPT_TEXT = st.text(
+    st.characters(min_codepoint=32, max_codepoint=0x10FFFF, blacklist_categories=("Cs", "Cc", "Co", "Cn")),
+    min_size=1,
+    max_size=40,
+)
 
 
 @SETTINGS
@@ -357,7 +395,9 @@ PROMPT_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=0x10FFFF, bl
     negative=PROMPT_TEXT.filter(lambda t: t.strip()),
     seeds=st.lists(st.integers(0, 2**63 - 1), min_size=1, max_size=5),
 )
-def test_canonical_text_matches_fast_path_for_any_text_and_seed(tmp_path_factory: pytest.TempPathFactory, prompt: str, negative: str, seeds: list[int]) -> None:
+def test_canonical_text_matches_fast_path_for_any_text_and_seed(
+    tmp_path_factory: pytest.TempPathFactory, prompt: str, negative: str, seeds: list[int]
+) -> None:
     data = copy.deepcopy(BASE)
     data["defaults"]["negative"] = negative
     data["classes"] = {"any": {"prompt": prompt, "seeds": seeds}}

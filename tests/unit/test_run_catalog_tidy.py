@@ -12,8 +12,12 @@ from diffspec.catalog.store import Catalog
 
 
 def rows(fps: list[str], run: str) -> list[ImageRecord]:
-    return [ImageRecord(fingerprint=fp, class_name="a", path=f"images/a/{fp}.png", run_id=run,
-                        created_at=datetime.now(timezone.utc)) for fp in fps]
+    return [
+        ImageRecord(
+            fingerprint=fp, class_name="a", path=f"images/a/{fp}.png", run_id=run, created_at=datetime.now(timezone.utc)
+        )
+        for fp in fps
+    ]
 
 
 def raw_fps(cat: Catalog) -> list[str]:

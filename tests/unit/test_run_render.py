@@ -12,8 +12,19 @@ from diffspec.run.status import ClassStatus, RunSummary, StatusReport, render_st
 
 
 def result(**kw) -> ApplyResult:
-    base = dict(run_id="r1", planned=10, made=6, skipped=2, failed=0, interrupted=False, seconds=3.0,
-                images_per_second=2.0, removed=0, spec_path="specs/x.yaml", phase="finished")
+    base = dict(
+        run_id="r1",
+        planned=10,
+        made=6,
+        skipped=2,
+        failed=0,
+        interrupted=False,
+        seconds=3.0,
+        images_per_second=2.0,
+        removed=0,
+        spec_path="specs/x.yaml",
+        phase="finished",
+    )
     base.update(kw)
     return ApplyResult(**base)
 
@@ -41,23 +52,62 @@ def test_failures_are_listed() -> None:
 
 def test_result_json_has_a_stable_shape() -> None:
     d = result(failures=(("fp", "why"),), per_class={"b": 1, "a": 5}).to_dict()
-    assert list(d) == ["run_id", "phase", "spec", "output", "planned", "made", "skipped", "adopted", "failed", "remaining",
-                       "interrupted", "removed", "seconds", "images_per_second", "devices", "executor", "replanned", "made_per_class",
-                       "failures", "log", "stages"]
+    assert list(d) == [
+        "run_id",
+        "phase",
+        "spec",
+        "output",
+        "planned",
+        "made",
+        "skipped",
+        "adopted",
+        "failed",
+        "remaining",
+        "interrupted",
+        "removed",
+        "seconds",
+        "images_per_second",
+        "devices",
+        "executor",
+        "replanned",
+        "made_per_class",
+        "failures",
+        "log",
+        "stages",
+    ]
     assert d["remaining"] == 2 and list(d["made_per_class"]) == ["a", "b"]
     json.dumps(d)
 
 
 def test_status_table_and_json() -> None:
     rows = (ClassStatus("a", 10, 8, 2, 1, 3, 0.91, 0.012), ClassStatus("b", 5, 5, 0, 0, 0, None))
-    run = RunSummary("r9", "finished", "2026-12-02T10:00:00+00:00", "2026-12-02T10:01:00+00:00", "inprocess",
-                     planned=6, made=4, kept=2, adopted=0, failed=0, seconds=60.0)
+    run = RunSummary(
+        "r9",
+        "finished",
+        "2026-12-02T10:00:00+00:00",
+        "2026-12-02T10:01:00+00:00",
+        "inprocess",
+        planned=6,
+        made=4,
+        kept=2,
+        adopted=0,
+        failed=0,
+        seconds=60.0,
+    )
     report = StatusReport(rows, run)
     out = text(render_status, report)
     assert "91%" in out and "total" in out and "0.012" in out
     assert "last run r9 (finished" in out and "made 4, kept 2 already there, adopted 0, failed 0" in out
-    assert rows[0].to_dict() == {"class": "a", "target": 10, "done": 8, "remaining": 2, "obsolete": 1, "rejected": 3,
-                                 "quality": 0.91, "seconds_per_image": 0.012}
+    assert rows[0].to_dict() == {
+        "class": "a",
+        "target": 10,
+        "done": 8,
+        "remaining": 2,
+        "obsolete": 1,
+        "rejected": 3,
+        "quality": 0.91,
+        "seconds_per_image": 0.012,
+    }
     assert report.to_dict()["last_run"]["kept"] == 2
 
 

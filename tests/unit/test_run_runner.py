@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from diffspec.errors import GenerationError
-from diffspec.plan.unit import ModelRef, PipelineKey, WorkUnit, fingerprint_of
 from diffspec.plan.batches import make_batches
+from diffspec.plan.unit import ModelRef, PipelineKey, WorkUnit, fingerprint_of
 from diffspec.run.runner import BatchRunner
 
 pytest.importorskip("torch")

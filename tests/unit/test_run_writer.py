@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -67,7 +67,9 @@ def test_files_are_durable_and_rows_have_every_catalog_column(tmp_path: Path, mo
     sched = {KEY: {"_class_name": "DDIMScheduler"}}
     written = writer.write_files([(u, image(i)) for i, u in enumerate(units)], sched)
     assert counter.read_text().split() == [u.fingerprint for u in units]
-    records = writer.records(written, {u.fingerprint: 0.5 for u in units}, {u.fingerprint: 3 for u in units}, sched, "float32")
+    records = writer.records(
+        written, {u.fingerprint: 0.5 for u in units}, {u.fingerprint: 3 for u in units}, sched, "float32"
+    )
     rows = [dataclasses.asdict(r) for r in records]
     assert [set(r) for r in rows] == [set(IMAGES.names)] * 3
     for r, u in zip(rows, units):
@@ -77,7 +79,6 @@ def test_files_are_durable_and_rows_have_every_catalog_column(tmp_path: Path, mo
         assert r["canonical"] == u.canonical() and json.loads(r["scheduler_config"]) == {"_class_name": "DDIMScheduler"}
         assert r["created_at"].tzinfo is not None
     assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp-" in p.name]
-    import pyarrow as pa
 
     assert images_table(records).num_rows == 3  # the catalog accepts them
 

@@ -38,7 +38,9 @@ def _mutate(draw: st.DrawFn, text: str) -> str:
         if not lines:
             lines = [""]
         i = draw(st.integers(0, len(lines) - 1))
-        kind = draw(st.sampled_from(["delete", "duplicate", "swap", "number", "unicode", "truncate", "indent", "replace_token"]))
+        kind = draw(
+            st.sampled_from(["delete", "duplicate", "swap", "number", "unicode", "truncate", "indent", "replace_token"])
+        )
         if kind == "delete":
             del lines[i]
         elif kind == "duplicate":
@@ -47,7 +49,24 @@ def _mutate(draw: st.DrawFn, text: str) -> str:
             j = draw(st.integers(0, len(lines) - 1))
             lines[i], lines[j] = lines[j], lines[i]
         elif kind == "number":
-            replacement = draw(st.sampled_from(['"7"', "-3", "-0.5", "0", "1e400", "99999999999999999999999", "nan", "true", "null", "[1]", "{a: 1}", "''"]))
+            replacement = draw(
+                st.sampled_from(
+                    [
+                        '"7"',
+                        "-3",
+                        "-0.5",
+                        "0",
+                        "1e400",
+                        "99999999999999999999999",
+                        "nan",
+                        "true",
+                        "null",
+                        "[1]",
+                        "{a: 1}",
+                        "''",
+                    ]
+                )
+            )
             lines[i] = NUMBER.sub(replacement, lines[i], count=1)
         elif kind == "unicode":
             pos = draw(st.integers(0, len(lines[i])))
@@ -58,7 +77,36 @@ def _mutate(draw: st.DrawFn, text: str) -> str:
         elif kind == "indent":
             lines[i] = draw(st.sampled_from(["", " ", "\t", "    "])) + lines[i].lstrip(" ")
         else:
-            token = draw(st.sampled_from([": ", "- ", "{", "}", "[", "]", ",", "&a ", "*a", "!!python/name:os.system ", "!tag ", "? ", "|", ">", "%", "@", "`", "'", '"', "#", "<<: *a", "{class}", "{nope}", "../"]))
+            token = draw(
+                st.sampled_from(
+                    [
+                        ": ",
+                        "- ",
+                        "{",
+                        "}",
+                        "[",
+                        "]",
+                        ",",
+                        "&a ",
+                        "*a",
+                        "!!python/name:os.system ",
+                        "!tag ",
+                        "? ",
+                        "|",
+                        ">",
+                        "%",
+                        "@",
+                        "`",
+                        "'",
+                        '"',
+                        "#",
+                        "<<: *a",
+                        "{class}",
+                        "{nope}",
+                        "../",
+                    ]
+                )
+            )
             pos = draw(st.integers(0, len(lines[i])))
             lines[i] = lines[i][:pos] + token + lines[i][pos:]
     return "\n".join(lines) + "\n"
@@ -70,9 +118,40 @@ def spec_texts(draw: st.DrawFn) -> tuple[bytes, str | None]:
     if kind == "mutated":
         text = _mutate(draw, SHIPPED[draw(st.sampled_from(sorted(SHIPPED)))])
     elif kind == "random_yaml":
-        pieces = st.sampled_from(["version: 1\n", "dataset: x\n", "models:\n", "  m: {source: builtin:digits}\n", "classes:\n",
-                                  "  a: {target: 3, prompt: p}\n", "  - ", "a: ", "[", "]", "{", "}", ": ", "\n", "  ", "-1", "1.5",
-                                  "null", "~", "&x ", "*x", "!!str ", "!!binary ", "!!set ", "!!omap ", "!!timestamp 2020-01-01", "'", '"', "---\n", "...\n"])
+        pieces = st.sampled_from(
+            [
+                "version: 1\n",
+                "dataset: x\n",
+                "models:\n",
+                "  m: {source: builtin:digits}\n",
+                "classes:\n",
+                "  a: {target: 3, prompt: p}\n",
+                "  - ",
+                "a: ",
+                "[",
+                "]",
+                "{",
+                "}",
+                ": ",
+                "\n",
+                "  ",
+                "-1",
+                "1.5",
+                "null",
+                "~",
+                "&x ",
+                "*x",
+                "!!str ",
+                "!!binary ",
+                "!!set ",
+                "!!omap ",
+                "!!timestamp 2020-01-01",
+                "'",
+                '"',
+                "---\n",
+                "...\n",
+            ]
+        )
         text = "".join(draw(st.lists(pieces, max_size=40)))
     elif kind == "random_unicode":
         text = draw(st.text(UNICODE, max_size=200))
@@ -82,7 +161,9 @@ def spec_texts(draw: st.DrawFn) -> tuple[bytes, str | None]:
     return text.encode("utf-8", errors="surrogatepass"), profile
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(case=spec_texts())
 def test_load_spec_on_any_text_succeeds_or_reports_positions(workdir: Path, case: tuple[bytes, str | None]) -> None:
     content, profile = case

@@ -29,11 +29,16 @@ classes:
 """
 
 
-def spec(tmp_path: Path, classes: str, output: str = "out", source: str = '"builtin:digits"', model_extra: str = "") -> Path:
+def spec(
+    tmp_path: Path, classes: str, output: str = "out", source: str = '"builtin:digits"', model_extra: str = ""
+) -> Path:
     path = tmp_path / "spec" / "spec.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(HEAD.format(output=output, source=source, model_extra=model_extra)
-                    + textwrap.indent(textwrap.dedent(classes), "  "), encoding="utf-8")
+    path.write_text(
+        HEAD.format(output=output, source=source, model_extra=model_extra)
+        + textwrap.indent(textwrap.dedent(classes), "  "),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -95,20 +100,42 @@ def test_existing_may_be_elsewhere_but_not_the_output_root(tmp_path: Path) -> No
 
 
 def test_an_absolute_output_elsewhere_is_allowed(tmp_path: Path) -> None:
-    assert load_spec(spec(tmp_path, 'a: {target: 1, prompt: "x"}\n', output=str(tmp_path / "disk" / "o"))).output == tmp_path / "disk" / "o"
+    assert (
+        load_spec(spec(tmp_path, 'a: {target: 1, prompt: "x"}\n', output=str(tmp_path / "disk" / "o"))).output
+        == tmp_path / "disk" / "o"
+    )
 
 
-@pytest.mark.parametrize(("value", "needle"), [(".nan", "finite"), (".inf", "finite"), ("-.inf", "finite"),
-                                               ("1e400", "finite"), ("9" * 5000, "digits"), ("9" * 40, "guidance")])
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        (".nan", "finite"),
+        (".inf", "finite"),
+        ("-.inf", "finite"),
+        ("1e400", "finite"),
+        ("9" * 5000, "digits"),
+        ("9" * 40, "guidance"),
+    ],
+)
 def test_numbers_that_are_not_numbers_are_refused(tmp_path: Path, value: str, needle: str) -> None:
     refused(spec(tmp_path, f'a: {{target: 1, prompt: "x", guidance: {value}}}\n'), needle)
 
 
 def _cli_validate(path: Path) -> tuple[int, str, float]:
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30));"
-                           "from diffspec.cli import main; sys.argv = ['diffspec', 'validate', sys.argv[1]]; main()", str(path)],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30));"
+            "from diffspec.cli import main; sys.argv = ['diffspec', 'validate', sys.argv[1]]; main()",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
     return proc.returncode, proc.stderr + proc.stdout, time.monotonic() - t0
 
 
@@ -145,7 +172,9 @@ def _weights_folder(root: Path, suffix: str, extra: dict[str, str] | None = None
     (folder / "unet").mkdir(parents=True)
     (folder / "unet" / "config.json").write_text("{}")
     (folder / "unet" / f"diffusion_pytorch_model{suffix}").write_bytes(b"\0" * 16)
-    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}')
+    (folder / "model_index.json").write_text(
+        '{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}'
+    )
     for name, text in (extra or {}).items():
         (folder / name).write_text(text)
     return folder
@@ -176,4 +205,4 @@ def test_a_pickle_lora_file_is_refused(tmp_path: Path) -> None:
     lora = tmp_path / "spec" / "lora.bin"
     lora.parent.mkdir(parents=True)
     lora.write_bytes(b"\0")
-    refused(spec(tmp_path, 'a: {target: 1, prompt: "x"}\n', model_extra=', loras: [{source: lora.bin}]'), "pickle file")
+    refused(spec(tmp_path, 'a: {target: 1, prompt: "x"}\n', model_extra=", loras: [{source: lora.bin}]"), "pickle file")

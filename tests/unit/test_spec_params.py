@@ -46,12 +46,15 @@ def _docs_builtins() -> dict[str, str]:
 
 
 def test_builtin_defaults_agree_in_schema_loader_and_docs(tmp_path: Path) -> None:
-    spec = _write(tmp_path, """\
+    spec = _write(
+        tmp_path,
+        """\
         version: 1
         dataset: d
         models: {m: {source: runwayml/stable-diffusion-v1-5}}
         classes: {c: {prompt: a cat, target: 1}}
-        """)
+        """,
+    )
     resolved = load_spec(spec).classes["c"].params
     assert isinstance(resolved, ResolvedParams)
     schema = spec_json_schema()["$defs"]["Defaults"]["properties"]
@@ -63,22 +66,29 @@ def test_builtin_defaults_agree_in_schema_loader_and_docs(tmp_path: Path) -> Non
             assert docs[name] == ""
             continue
         value = getattr(resolved, name)
-        as_json = [list(value), dict(value)][1] if name == "scheduler_kwargs" else list(value) if name == "size" else value
+        as_json = (
+            [list(value), dict(value)][1] if name == "scheduler_kwargs" else list(value) if name == "size" else value
+        )
         assert schema[name]["default"] == as_json, name
         shown = docs[name].strip('"').replace(" ", "")
-        assert shown == (json.dumps(as_json) if name in ("size", "scheduler_kwargs") else str(as_json)).replace(" ", ""), name
+        assert shown == (json.dumps(as_json) if name in ("size", "scheduler_kwargs") else str(as_json)).replace(
+            " ", ""
+        ), name
     # The only place the built-ins are written: a model's or a class's `guidance` defaults to null (inherit).
     assert spec_json_schema()["$defs"]["GenParams"]["properties"]["guidance"]["default"] is None
     assert resolved.guidance == 7.5
 
 
 def test_resolved_params_are_frozen_and_sweeps_replace_them(tmp_path: Path) -> None:
-    spec = _write(tmp_path, """\
+    spec = _write(
+        tmp_path,
+        """\
         version: 1
         dataset: d
         models: {m: {source: runwayml/stable-diffusion-v1-5}}
         classes: {c: {prompt: a cat, target: 4, steps: 12, sweep: {guidance: [5, 9]}}}
-        """)
+        """,
+    )
     cls = load_spec(spec).classes["c"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         cls.params.steps = 3  # type: ignore[misc]
@@ -115,7 +125,12 @@ def test_a_swept_model_runs_with_its_own_scheduler_and_defaults(tmp_path: Path) 
     variants = expand_variants(loaded, loaded.classes["c"], {})
     keys = {v.key.model.name: v.key for v in variants}
     a, b = keys["a"], keys["b"]
-    assert (a.scheduler, a.scheduler_kwargs, a.steps, (a.width, a.height)) == ("ddim", (("timestep_spacing", "trailing"),), 10, (512, 512))
+    assert (a.scheduler, a.scheduler_kwargs, a.steps, (a.width, a.height)) == (
+        "ddim",
+        (("timestep_spacing", "trailing"),),
+        10,
+        (512, 512),
+    )
     # b's own scheduler (not a's ddim and its kwargs), b's own steps and size
     assert (b.scheduler, b.scheduler_kwargs, b.steps, (b.width, b.height)) == ("euler", (), 20, (1024, 1024))
     assert a.guidance == b.guidance == 8.0, "the class's explicit setting still wins over a model's defaults"
@@ -129,7 +144,9 @@ def test_a_swept_model_is_checked_with_its_own_parameters(tmp_path: Path) -> Non
 
 
 def test_model_defaults_cannot_choose_a_model(tmp_path: Path) -> None:
-    spec = _write(tmp_path, """\
+    spec = _write(
+        tmp_path,
+        """\
         version: 1
         dataset: d
         models:
@@ -138,16 +155,21 @@ def test_model_defaults_cannot_choose_a_model(tmp_path: Path) -> None:
             defaults: {steps: 4, model: other}
           other: {source: runwayml/stable-diffusion-v1-5}
         classes: {c: {prompt: a cat, target: 1, model: m}}
-        """)
+        """,
+    )
     problems = _problems(spec)
-    assert problems == [f"{spec}:6:26: model 'm': its `defaults` cannot choose a model; set `model` in a class or in the spec's `defaults`"]
+    assert problems == [
+        f"{spec}:6:26: model 'm': its `defaults` cannot choose a model; set `model` in a class or in the spec's `defaults`"
+    ]
 
 
 def test_revision_on_a_local_folder_is_an_error(tmp_path: Path) -> None:
     folder = tmp_path / "weights"
     folder.mkdir()
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    spec = _write(tmp_path, """\
+    spec = _write(
+        tmp_path,
+        """\
         version: 1
         dataset: d
         models:
@@ -155,7 +177,8 @@ def test_revision_on_a_local_folder_is_an_error(tmp_path: Path) -> None:
           hub: {source: runwayml/stable-diffusion-v1-5, revision: abc123}
         defaults: {model: local}
         classes: {c: {prompt: a cat, target: 1}}
-        """)
+        """,
+    )
     problems = _problems(spec)
     assert len(problems) == 1, problems
     assert problems[0].startswith(f"{spec}:4:30: model 'local': `revision` applies to hub ids only")
@@ -163,7 +186,9 @@ def test_revision_on_a_local_folder_is_an_error(tmp_path: Path) -> None:
 
 
 def test_schema_and_semantic_errors_are_reported_in_one_run(tmp_path: Path) -> None:
-    spec = _write(tmp_path, """\
+    spec = _write(
+        tmp_path,
+        """\
         version: 1
         dataset: d
         models:
@@ -182,53 +207,74 @@ def test_schema_and_semantic_errors_are_reported_in_one_run(tmp_path: Path) -> N
           uses_broken: {prompt: a cat, target: 1, model: broken}
           bad_name/x: {prompt: a cat, target: 1}
           two_wrong: {prompt: a cat, target: 1, mode: sideways, seeds: x}
-        """)
+        """,
+    )
     problems = "\n".join(_problems(spec))
     expected = [
-        ":5:", "`family` must be",                       # schema: the broken model
-        ":6:", "`steps` must be ≥ 1",                     # schema: defaults
-        "unknown key `colum`",                            # schema: a file var
-        "`max_batch` must be ≥ 1",                        # schema: budget
-        "`steps` must be an integer",                     # schema: a class
-        "class name 'bad_name/x'",                        # schema: a class name
-        "`seeds` must be a list", "`mode` must be",        # schema: two in one class
-        "size 500x500 is not possible for sd models",     # semantic
-        "unknown model 'sd2'",                            # semantic
-        "undefined variable {colour}",                    # semantic ({bad} is defined, if broken)
-        "uses mode img2img and needs `input",             # semantic
+        ":5:",
+        "`family` must be",  # schema: the broken model
+        ":6:",
+        "`steps` must be ≥ 1",  # schema: defaults
+        "unknown key `colum`",  # schema: a file var
+        "`max_batch` must be ≥ 1",  # schema: budget
+        "`steps` must be an integer",  # schema: a class
+        "class name 'bad_name/x'",  # schema: a class name
+        "`seeds` must be a list",
+        "`mode` must be",  # schema: two in one class
+        "size 500x500 is not possible for sd models",  # semantic
+        "unknown model 'sd2'",  # semantic
+        "undefined variable {colour}",  # semantic ({bad} is defined, if broken)
+        "uses mode img2img and needs `input",  # semantic
     ]
     for text in expected:
         assert text in problems, f"{text!r} missing from:\n{problems}"
     assert "undefined variable {bad}" not in problems
-    assert "unknown model 'broken'" not in problems and "uses_broken" not in problems, \
+    assert "unknown model 'broken'" not in problems and "uses_broken" not in problems, (
         "a model that failed validation is not reported again where it is used"
+    )
     assert problems.count("\n") + 1 == 13, problems
 
 
 def test_a_spec_that_cannot_be_set_aside_safely_reports_the_schema_problems_only(tmp_path: Path) -> None:
     # The default model itself is broken: every class would be "without a model", which is false.
-    spec = _write(tmp_path, """\
+    spec = _write(
+        tmp_path,
+        """\
         version: 1
         dataset: d
         models: {m: {source: runwayml/stable-diffusion-v1-5}}
         defaults: {model: 5}
         classes: {c: {prompt: "a {nope}", target: 1}}
-        """)
+        """,
+    )
     problems = _problems(spec)
     assert len(problems) == 1 and "`model` must be a string" in problems[0], problems
 
 
-@pytest.mark.parametrize(("stages", "key", "line"), [
-    ("stages:\n  captions: {model: google/gemma-3-1b-it}\n", "stages.captions", 2),
-    ("stages:\n  segment: {detector: IDEA-Research/grounding-dino-base, segmenter: facebook/sam-vit-base}\n",
-     "stages.segment", 2),
-    ("stages:\n  filters:\n    - near_duplicate: {max_hamming: 4}\n    - clip_score: {min: 0.2}\n", "clip_score", 4),
-])
-def test_a_stage_this_version_cannot_run_is_refused_with_its_position(tmp_path: Path, stages: str, key: str,
-                                                                      line: int) -> None:
+@pytest.mark.parametrize(
+    ("stages", "key", "line"),
+    [
+        ("stages:\n  captions: {model: google/gemma-3-1b-it}\n", "stages.captions", 2),
+        (
+            "stages:\n  segment: {detector: IDEA-Research/grounding-dino-base, segmenter: facebook/sam-vit-base}\n",
+            "stages.segment",
+            2,
+        ),
+        (
+            "stages:\n  filters:\n    - near_duplicate: {max_hamming: 4}\n    - clip_score: {min: 0.2}\n",
+            "clip_score",
+            4,
+        ),
+    ],
+)
+def test_a_stage_this_version_cannot_run_is_refused_with_its_position(
+    tmp_path: Path, stages: str, key: str, line: int
+) -> None:
     spec = tmp_path / "spec.yaml"
-    body = ("version: 1\ndataset: d\noutput: out\nmodels:\n  m: {source: builtin:digits}\n"
-            "defaults: {model: m, size: [16, 16], steps: 4}\nclasses:\n  one: {target: 2, prompt: \"a 1\"}\n")
+    body = (
+        "version: 1\ndataset: d\noutput: out\nmodels:\n  m: {source: builtin:digits}\n"
+        'defaults: {model: m, size: [16, 16], steps: 4}\nclasses:\n  one: {target: 2, prompt: "a 1"}\n'
+    )
     spec.write_text(body + stages)
     with pytest.raises(SpecError) as info:
         load_spec(spec)

@@ -44,8 +44,16 @@ def test_shipped_spec_satisfies_the_schema(spec: str) -> None:
 
 @pytest.mark.parametrize(
     "broken",
-    ["unknown_top_level_key.yaml", "misspelled_class_key.yaml", "negative_steps.yaml", "guidance_wrong_type.yaml",
-     "size_one_number.yaml", "unknown_filter.yaml", "missing_models.yaml", "wrong_version.yaml"],
+    [
+        "unknown_top_level_key.yaml",
+        "misspelled_class_key.yaml",
+        "negative_steps.yaml",
+        "guidance_wrong_type.yaml",
+        "size_one_number.yaml",
+        "unknown_filter.yaml",
+        "missing_models.yaml",
+        "wrong_version.yaml",
+    ],
 )
 def test_schema_catches_mistakes_an_editor_can_flag(broken: str) -> None:
     schema = json.loads((REPO / "specs" / "schema.json").read_text(encoding="utf-8"))

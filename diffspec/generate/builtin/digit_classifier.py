@@ -16,7 +16,8 @@ border) is inverted first, so both ink conventions work.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -39,7 +40,7 @@ def classifier():
     return model
 
 
-def to_digit_features(images: Sequence["Image.Image"]) -> "np.ndarray":
+def to_digit_features(images: Sequence[Image.Image]) -> np.ndarray:
     """``(n, 64)`` float array of 8x8 images in 0..16 (ink high), like ``load_digits().data``."""
     import numpy as np
     from PIL import Image
@@ -57,7 +58,7 @@ def to_digit_features(images: Sequence["Image.Image"]) -> "np.ndarray":
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), 64)
 
 
-def classify(images: Sequence["Image.Image"]) -> list[tuple[int, float]]:
+def classify(images: Sequence[Image.Image]) -> list[tuple[int, float]]:
     """Predicted digit and its probability for each image."""
     if not images:
         return []

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import pathlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -67,10 +67,23 @@ DEFAULT_GUIDANCE = 3.0
 #: The condition tokens, in the order of the UNet's multi-hot input.  Changing this
 #: order or length invalidates the shipped weights.
 TOKENS: tuple[str, ...] = (
-    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9",
-    "thin", "thick",  # stroke weight: ink mass, lower/upper tercile within the digit's class
-    "narrow", "wide",  # horizontal spread of the ink, lower/upper tercile within the class
-    "backslanted", "upright", "slanted",  # slant from image moments, terciles within the class
+    "0",
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "6",
+    "7",
+    "8",
+    "9",
+    "thin",
+    "thick",  # stroke weight: ink mass, lower/upper tercile within the digit's class
+    "narrow",
+    "wide",  # horizontal spread of the ink, lower/upper tercile within the class
+    "backslanted",
+    "upright",
+    "slanted",  # slant from image moments, terciles within the class
 )
 TOKEN_INDEX = {t: i for i, t in enumerate(TOKENS)}
 
@@ -84,41 +97,98 @@ STYLE_GROUPS: dict[str, tuple[str, ...]] = {
 #: Words (and digits) that name a digit.
 DIGIT_WORDS: dict[str, int] = {
     **{str(d): d for d in range(10)},
-    "zero": 0, "nought": 0, "naught": 0, "nil": 0, "oh": 0,
-    "one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
-    "six": 6, "seven": 7, "eight": 8, "nine": 9,
-    "zeros": 0, "zeroes": 0, "ones": 1, "twos": 2, "threes": 3, "fours": 4, "fives": 5,
-    "sixes": 6, "sevens": 7, "eights": 8, "nines": 9,
+    "zero": 0,
+    "nought": 0,
+    "naught": 0,
+    "nil": 0,
+    "oh": 0,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "zeros": 0,
+    "zeroes": 0,
+    "ones": 1,
+    "twos": 2,
+    "threes": 3,
+    "fours": 4,
+    "fives": 5,
+    "sixes": 6,
+    "sevens": 7,
+    "eights": 8,
+    "nines": 9,
 }
 
 #: Single words that name a style token.
 STYLE_WORDS: dict[str, str] = {
-    "thin": "thin", "light": "thin", "fine": "thin", "faint": "thin", "skinny": "thin",
-    "lightweight": "thin", "hairline": "thin",
-    "thick": "thick", "bold": "thick", "heavy": "thick", "fat": "thick", "dark": "thick",
+    "thin": "thin",
+    "light": "thin",
+    "fine": "thin",
+    "faint": "thin",
+    "skinny": "thin",
+    "lightweight": "thin",
+    "hairline": "thin",
+    "thick": "thick",
+    "bold": "thick",
+    "heavy": "thick",
+    "fat": "thick",
+    "dark": "thick",
     "heavyweight": "thick",
-    "narrow": "narrow", "slim": "narrow", "condensed": "narrow", "compressed": "narrow",
-    "wide": "wide", "broad": "wide", "extended": "wide", "expanded": "wide",
-    "upright": "upright", "straight": "upright", "vertical": "upright", "unslanted": "upright",
-    "slanted": "slanted", "slanting": "slanted", "italic": "slanted", "italics": "slanted",
-    "oblique": "slanted", "leaning": "slanted", "tilted": "slanted", "sloped": "slanted",
-    "slant": "slanted", "cursive": "slanted",
-    "backslanted": "backslanted", "backslant": "backslanted", "backward": "backslanted",
+    "narrow": "narrow",
+    "slim": "narrow",
+    "condensed": "narrow",
+    "compressed": "narrow",
+    "wide": "wide",
+    "broad": "wide",
+    "extended": "wide",
+    "expanded": "wide",
+    "upright": "upright",
+    "straight": "upright",
+    "vertical": "upright",
+    "unslanted": "upright",
+    "slanted": "slanted",
+    "slanting": "slanted",
+    "italic": "slanted",
+    "italics": "slanted",
+    "oblique": "slanted",
+    "leaning": "slanted",
+    "tilted": "slanted",
+    "sloped": "slanted",
+    "slant": "slanted",
+    "cursive": "slanted",
+    "backslanted": "backslanted",
+    "backslant": "backslanted",
+    "backward": "backslanted",
     "reclined": "backslanted",
 }
 
 #: Two-word phrases, checked before single words.
 STYLE_PHRASES: dict[tuple[str, str], str] = {
-    ("left", "leaning"): "backslanted", ("leaning", "left"): "backslanted",
-    ("left", "slanted"): "backslanted", ("slanted", "left"): "backslanted",
-    ("left", "slanting"): "backslanted", ("slanting", "left"): "backslanted",
-    ("back", "slanted"): "backslanted", ("backward", "slanted"): "backslanted",
-    ("backwards", "slanted"): "backslanted", ("reverse", "slanted"): "backslanted",
-    ("tilted", "left"): "backslanted", ("left", "tilted"): "backslanted",
-    ("right", "leaning"): "slanted", ("leaning", "right"): "slanted",
-    ("right", "slanted"): "slanted", ("slanted", "right"): "slanted",
-    ("tilted", "right"): "slanted", ("right", "tilted"): "slanted",
-    ("not", "slanted"): "upright", ("no", "slant"): "upright",
+    ("left", "leaning"): "backslanted",
+    ("leaning", "left"): "backslanted",
+    ("left", "slanted"): "backslanted",
+    ("slanted", "left"): "backslanted",
+    ("left", "slanting"): "backslanted",
+    ("slanting", "left"): "backslanted",
+    ("back", "slanted"): "backslanted",
+    ("backward", "slanted"): "backslanted",
+    ("backwards", "slanted"): "backslanted",
+    ("reverse", "slanted"): "backslanted",
+    ("tilted", "left"): "backslanted",
+    ("left", "tilted"): "backslanted",
+    ("right", "leaning"): "slanted",
+    ("leaning", "right"): "slanted",
+    ("right", "slanted"): "slanted",
+    ("slanted", "right"): "slanted",
+    ("tilted", "right"): "slanted",
+    ("right", "tilted"): "slanted",
+    ("not", "slanted"): "upright",
+    ("no", "slant"): "upright",
 }
 
 _WORD_RE = re.compile(r"[a-z0-9]+")
@@ -329,9 +399,7 @@ class DigitsPipeline(DiffusionPipeline):
                 raise ValueError(f"`{name}` must be a positive integer, got {v!r}")
         negatives = _as_list(negative_prompt, len(prompts))
         if negatives is not None and len(negatives) != len(prompts):
-            raise ValueError(
-                f"`negative_prompt` has {len(negatives)} entries but `prompt` has {len(prompts)}"
-            )
+            raise ValueError(f"`negative_prompt` has {len(negatives)} entries but `prompt` has {len(prompts)}")
         batch = len(prompts) * num_images_per_prompt
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(

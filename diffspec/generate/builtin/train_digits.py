@@ -237,8 +237,8 @@ def evaluate(path: pathlib.Path, per_digit: int = 30, guidance: float | None = N
     """Generate ``per_digit`` images per digit and print the classifier's verdict."""
     from diffusers import DDIMScheduler
 
-    from diffspec.generate.builtin.digits import DEFAULT_GUIDANCE, DigitsPipeline
     from diffspec.generate.builtin.digit_classifier import classify
+    from diffspec.generate.builtin.digits import DEFAULT_GUIDANCE, DigitsPipeline
 
     pipe = DigitsPipeline.from_pretrained(path)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
@@ -253,7 +253,11 @@ def evaluate(path: pathlib.Path, per_digit: int = 30, guidance: float | None = N
         preds = classify(images)
         correct[d] = sum(p == d for p, _ in preds)
     acc = correct.sum() / (10 * per_digit)
-    print(f"guidance {g}: overall {acc:.3f}; per digit " + " ".join(f"{d}:{c / per_digit:.2f}" for d, c in enumerate(correct)), flush=True)
+    print(
+        f"guidance {g}: overall {acc:.3f}; per digit "
+        + " ".join(f"{d}:{c / per_digit:.2f}" for d, c in enumerate(correct)),
+        flush=True,
+    )
     return acc
 
 

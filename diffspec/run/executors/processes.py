@@ -93,8 +93,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_main(wid: int, device: str, threads: int | None, tasks: Any, results: Any,
-                context: RunContext, parent_pid: int) -> None:
+def worker_main(
+    wid: int, device: str, threads: int | None, tasks: Any, results: Any, context: RunContext, parent_pid: int
+) -> None:
     """A worker process: receive batches, generate, write files, send rows back."""
     _die_with_parent()
     if os.getppid() != parent_pid:
@@ -227,8 +228,15 @@ class _Worker:
 class ProcessExecutor:
     name = "processes"
 
-    def __init__(self, devices: Sequence[str], context: RunContext, record: RecordFn,
-                 max_attempts: int = MAX_ATTEMPTS, max_restarts: int | None = None, local_first: bool = True) -> None:
+    def __init__(
+        self,
+        devices: Sequence[str],
+        context: RunContext,
+        record: RecordFn,
+        max_attempts: int = MAX_ATTEMPTS,
+        max_restarts: int | None = None,
+        local_first: bool = True,
+    ) -> None:
         import multiprocessing as mp
 
         self.ctx = mp.get_context("spawn")
@@ -264,11 +272,13 @@ class ProcessExecutor:
         task_r, task_w = self.ctx.Pipe(duplex=False)
         res_r, res_w = self.ctx.Pipe(duplex=False)
         if local:
-            process: Any = _LocalProcess(worker_loop, (wid, device, task_r, res_w, self.context),
-                                         name=f"diffspec-worker-{wid}")
+            process: Any = _LocalProcess(
+                worker_loop, (wid, device, task_r, res_w, self.context), name=f"diffspec-worker-{wid}"
+            )
         else:
             process = self.ctx.Process(
-                target=worker_main, name=f"diffspec-worker-{wid}",
+                target=worker_main,
+                name=f"diffspec-worker-{wid}",
                 args=(wid, device, self.threads, task_r, res_w, self.context, os.getpid()),
                 daemon=True,
             )
@@ -349,9 +359,19 @@ class ProcessExecutor:
                 self._fatal = OSError(errno.ENOSPC, f"No space left on device (worker {worker.wid}, writing images)")
                 self.request_stop()
             last = message.traceback.strip().splitlines()[-1] if message.traceback.strip() else "?"
-            self._pending_outcomes.append(Outcome(-1, events=(event(
-                "worker_error", f"worker {worker.wid} on {worker.device} raised: {last}",
-                worker=worker.wid, traceback=message.traceback[-4000:]),)))
+            self._pending_outcomes.append(
+                Outcome(
+                    -1,
+                    events=(
+                        event(
+                            "worker_error",
+                            f"worker {worker.wid} on {worker.device} raised: {last}",
+                            worker=worker.wid,
+                            traceback=message.traceback[-4000:],
+                        ),
+                    ),
+                )
+            )
         elif isinstance(message, Bye):
             worker.stopping = True
 
@@ -384,26 +404,45 @@ class ProcessExecutor:
             if self.attempts[batch.id] >= self.max_attempts:
                 message = f"worker died {self.attempts[batch.id]} times running this batch (last exit code {code})"
                 events.append(event("batch_failed", f"batch {batch.id} failed: {message}", batch=batch.id))
-                self._pending_outcomes.append(Outcome(batch.id, failures=tuple(UnitFailure(u.fingerprint, message) for u in batch.units)))
+                self._pending_outcomes.append(
+                    Outcome(batch.id, failures=tuple(UnitFailure(u.fingerprint, message) for u in batch.units))
+                )
             else:
                 self.queues[batch.load_key].appendleft(batch.id)
-                events.append(event("requeue", f"batch {batch.id} ({len(batch)} units) back in the queue", batch=batch.id))
-        events.insert(0, event(
-            "worker_died", f"worker {worker.wid} (pid {worker.pid}) on {worker.device} exited with code {code} "
-            f"with {len(lost)} batch{'es' if len(lost) != 1 else ''} in flight", worker=worker.wid, exit_code=code))
+                events.append(
+                    event("requeue", f"batch {batch.id} ({len(batch)} units) back in the queue", batch=batch.id)
+                )
+        events.insert(
+            0,
+            event(
+                "worker_died",
+                f"worker {worker.wid} (pid {worker.pid}) on {worker.device} exited with code {code} "
+                f"with {len(lost)} batch{'es' if len(lost) != 1 else ''} in flight",
+                worker=worker.wid,
+                exit_code=code,
+            ),
+        )
         if (self._has_work() or lost) and not self._stopping:
             if self.restarts < self.max_restarts:
                 self.restarts += 1
                 new = self._spawn(worker.device)  # a process, also in place of the driver's own worker
-                events.append(event("worker_restart", f"started worker {new.wid} on {worker.device} in place of worker {worker.wid}",
-                                    worker=new.wid, replaces=worker.wid))
+                events.append(
+                    event(
+                        "worker_restart",
+                        f"started worker {new.wid} on {worker.device} in place of worker {worker.wid}",
+                        worker=new.wid,
+                        replaces=worker.wid,
+                    )
+                )
         self._pending_outcomes.append(Outcome(-1, events=tuple(events)))
 
     def _fail_rest(self, why: str) -> None:
         for q in self.queues.values():
             while q:
                 batch = self.batches[q.popleft()]
-                self._pending_outcomes.append(Outcome(batch.id, failures=tuple(UnitFailure(u.fingerprint, why) for u in batch.units)))
+                self._pending_outcomes.append(
+                    Outcome(batch.id, failures=tuple(UnitFailure(u.fingerprint, why) for u in batch.units))
+                )
 
     # ---- driver API ---------------------------------------------------------------------
     def request_stop(self) -> None:

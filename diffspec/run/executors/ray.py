@@ -84,8 +84,11 @@ class BatchActor:
         self.wid = wid
         self.device = device
         self.runner = BatchRunner(device, context.backend_factory, worker=wid)
-        self.writer = (ImageWriter(context.output, context.run_id, context.dataset, dict(context.labels), device)
-                       if shared_storage else None)
+        self.writer = (
+            ImageWriter(context.output, context.run_id, context.dataset, dict(context.labels), device)
+            if shared_storage
+            else None
+        )
 
     def where(self) -> tuple[int, str]:
         import ray
@@ -98,9 +101,17 @@ class BatchActor:
         out = self.runner.run(batch)
         if self.writer is not None:  # shared storage: durable files here, rows by the driver
             return write_batch(self.writer, out, self.wid)
-        return Encoded(out.batch_id, tuple(encode_items(out.items, out.scheduler_configs)), out.seconds,
-                       out.batch_sizes, tuple(out.failures), tuple(out.events), out.scheduler_configs, out.dtype,
-                       self.device)
+        return Encoded(
+            out.batch_id,
+            tuple(encode_items(out.items, out.scheduler_configs)),
+            out.seconds,
+            out.batch_sizes,
+            tuple(out.failures),
+            tuple(out.events),
+            out.scheduler_configs,
+            out.dtype,
+            self.device,
+        )
 
     def close(self) -> None:
         self.runner.close()
@@ -123,14 +134,22 @@ class _Actor:
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, devices: Sequence[str], context: RunContext, record: RecordFn,
-                 max_attempts: int = MAX_ATTEMPTS, max_restarts: int | None = None,
-                 placement_timeout: float = PLACEMENT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        devices: Sequence[str],
+        context: RunContext,
+        record: RecordFn,
+        max_attempts: int = MAX_ATTEMPTS,
+        max_restarts: int | None = None,
+        placement_timeout: float = PLACEMENT_TIMEOUT,
+    ) -> None:
         self.ray = import_ray()
         execution = context.execution
         cuda = any(d.startswith("cuda") for d in devices)
         planned = getattr(execution, "ray", None)
-        self.plan: RayPlan = planned if planned is not None else RayPlan(None, len(devices), 1.0 if cuda else 0.0, False)
+        self.plan: RayPlan = (
+            planned if planned is not None else RayPlan(None, len(devices), 1.0 if cuda else 0.0, False)
+        )
         self.devices = tuple(devices)
         self.cuda = cuda
         self.context = context
@@ -183,9 +202,11 @@ class RayExecutor:
             share = self.plan.gpus_per_actor or 1.0
             have = float(resources.get("GPU", 0.0))
             if have + 1e-9 < share * n:
-                raise DiffspecError(f"the plan has {n} Ray actor{'s' if n != 1 else ''} of {share:g} GPU each and the "
-                                    f"Ray cluster has {have:g} GPUs: add GPUs to the cluster, or plan for fewer "
-                                    "(budget.devices, budget.gpus_per_actor)")
+                raise DiffspecError(
+                    f"the plan has {n} Ray actor{'s' if n != 1 else ''} of {share:g} GPU each and the "
+                    f"Ray cluster has {have:g} GPUs: add GPUs to the cluster, or plan for fewer "
+                    "(budget.devices, budget.gpus_per_actor)"
+                )
             self._options = {"num_gpus": share, "num_cpus": 1}
             self._threads = None
         else:
@@ -202,7 +223,8 @@ class RayExecutor:
         self._next_wid += 1
         name = f"diffspec-{self.context.run_id}-{wid}"
         handle = self._remote.options(name=name, max_restarts=0, max_task_retries=0, **self._options).remote(
-            wid, "cuda:0" if device.startswith("cuda") else "cpu", self._threads, self.context, self.plan.shared_storage)
+            wid, "cuda:0" if device.startswith("cuda") else "cpu", self._threads, self.context, self.plan.shared_storage
+        )
         # Batches go to an actor once it is placed and built, never into the mailbox of one that
         # the cluster cannot place (after a node is lost there may be no room for a replacement).
         actor = _Actor(wid, device, handle, ready_ref=handle.where.remote())
@@ -282,13 +304,24 @@ class RayExecutor:
                 self.request_stop()
                 return
             last = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
-            events = [event("worker_error", f"Ray actor {actor.wid} on {actor.device} raised: {last}", worker=actor.wid,
-                            traceback=str(exc)[-4000:])]
+            events = [
+                event(
+                    "worker_error",
+                    f"Ray actor {actor.wid} on {actor.device} raised: {last}",
+                    worker=actor.wid,
+                    traceback=str(exc)[-4000:],
+                )
+            ]
             self._retry(self.batches[bid], f"the batch raised {type(cause).__name__}: {last}", events)
             self._pending.append(Outcome(-1, events=tuple(events)))
             return
-        except (ex.RayActorError, ex.WorkerCrashedError, ex.NodeDiedError, ex.ObjectLostError,
-                ex.OutOfMemoryError) as exc:
+        except (
+            ex.RayActorError,
+            ex.WorkerCrashedError,
+            ex.NodeDiedError,
+            ex.ObjectLostError,
+            ex.OutOfMemoryError,
+        ) as exc:
             self._lost(actor, bid, exc)
             return
         try:
@@ -318,7 +351,9 @@ class RayExecutor:
                 return  # not made, not recorded: the next apply makes it
             message = f"{why} ({self.attempts[batch.id]} attempts)"
             events.append(event("batch_failed", f"batch {batch.id} failed: {message}", batch=batch.id))
-            self._pending.append(Outcome(batch.id, failures=tuple(UnitFailure(u.fingerprint, message) for u in batch.units)))
+            self._pending.append(
+                Outcome(batch.id, failures=tuple(UnitFailure(u.fingerprint, message) for u in batch.units))
+            )
         else:
             self.queues[batch.load_key].appendleft(batch.id)
             events.append(event("requeue", f"batch {batch.id} ({len(batch)} units) back in the queue", batch=batch.id))
@@ -336,22 +371,36 @@ class RayExecutor:
             except Exception:
                 pass
         why = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        events = [event("worker_died", f"Ray actor {actor.wid} on {actor.device} died ({type(exc).__name__}: {why}) "
-                        f"with {len(lost)} batch{'es' if len(lost) != 1 else ''} in flight", worker=actor.wid)]
+        events = [
+            event(
+                "worker_died",
+                f"Ray actor {actor.wid} on {actor.device} died ({type(exc).__name__}: {why}) "
+                f"with {len(lost)} batch{'es' if len(lost) != 1 else ''} in flight",
+                worker=actor.wid,
+            )
+        ]
         for lost_id in reversed(lost):  # requeued in their original order
             self._retry(self.batches[lost_id], f"its Ray actor died ({type(exc).__name__})", events)
         if self._has_work() and not self._stopping and self.restarts < self.max_restarts:
             self.restarts += 1
             new = self._spawn(actor.device)
-            events.append(event("worker_restart", f"started Ray actor {new.wid} in place of actor {actor.wid}",
-                                worker=new.wid, replaces=actor.wid))
+            events.append(
+                event(
+                    "worker_restart",
+                    f"started Ray actor {new.wid} in place of actor {actor.wid}",
+                    worker=new.wid,
+                    replaces=actor.wid,
+                )
+            )
         self._pending.append(Outcome(-1, events=tuple(events)))
 
     def _fail_rest(self, why: str) -> None:
         for q in self.queues.values():
             while q:
                 batch = self.batches[q.popleft()]
-                self._pending.append(Outcome(batch.id, failures=tuple(UnitFailure(u.fingerprint, why) for u in batch.units)))
+                self._pending.append(
+                    Outcome(batch.id, failures=tuple(UnitFailure(u.fingerprint, why) for u in batch.units))
+                )
 
     # ---- driver API ---------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -394,8 +443,10 @@ class RayExecutor:
                 elif not any(a.ready for a in live):
                     self._unplaced_since = self._unplaced_since or now
                     if now - self._unplaced_since > self.placement_timeout:
-                        self._fail_rest(f"no Ray actor could be placed for {self.placement_timeout:.0f}s: the cluster "
-                                        "has no room for the plan's actors")
+                        self._fail_rest(
+                            f"no Ray actor could be placed for {self.placement_timeout:.0f}s: the cluster "
+                            "has no room for the plan's actors"
+                        )
                         self._done = True
             else:
                 self._done = True
