@@ -6,8 +6,10 @@ Errors the user can fix are `DiffspecError`s: printed without a traceback, exit 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -80,6 +82,22 @@ def _run(fn: Any) -> Any:
             highlight=False,
         )
         raise typer.Exit(1) from None
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 @app.callback()
@@ -225,15 +243,13 @@ def apply(
 
     result = _run(go)
     # The run is over and recorded: a late second Ctrl-C must not cut the summary that says how
-    # to resume (or end the process with another code than the run's).
-    import signal
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    if as_json:
-        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
-    else:
-        render_summary(result, out)
+    # to resume (or end the process with another code than the run's). Held back while it prints,
+    # then the handlers are put back (an in-process caller, or its children, keeps its own).
+    with _signals_held():
+        if as_json:
+            sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        else:
+            render_summary(result, out)
     if result.failed or result.interrupted:
         raise typer.Exit(1 if result.failed else 130)
 
