@@ -63,13 +63,13 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(1)
 
 
-def _run(fn: Any) -> Any:
+def _run(fn: Any, interrupted: str = "interrupted") -> Any:
     try:
         return fn()
     except DiffspecError as exc:
         _fail(exc)
     except KeyboardInterrupt:
-        err.print("interrupted")
+        err.print(interrupted, highlight=False, markup=False)
         raise typer.Exit(130) from None
     except (typer.Exit, SystemExit):
         raise
@@ -82,6 +82,25 @@ def _run(fn: Any) -> Any:
             highlight=False,
         )
         raise typer.Exit(1) from None
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager
@@ -241,7 +260,10 @@ def apply(
             console=err,
         )
 
-    result = _run(go)
+    # SIGTERM outside the run itself (planning, stages, a signal landing just after the run
+    # stopped) is a Ctrl-C too: a clean exit 130 that says how to resume, never a bare kill.
+    with _terminate_as_interrupt():
+        result = _run(go, interrupted=f"interrupted: what is recorded is kept; resume with `diffspec apply {target}`")
     # The run is over and recorded: a late second Ctrl-C must not cut the summary that says how
     # to resume (or end the process with another code than the run's). Held back while it prints,
     # then the handlers are put back (an in-process caller, or its children, keeps its own).
