@@ -501,7 +501,32 @@ def schema() -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            err.print(escape(exc.code))
+    _exit_without_finalizing(code)
+
+
+def _exit_without_finalizing(code: int) -> None:
+    """End the process once the command is done, skipping the interpreter's teardown.
+
+    Every file the command wrote is already durable (atomic renames, fsynced), but Arrow's and
+    DuckDB's native thread pools can still be torn down while one of their threads is alive,
+    which aborts a finished command with "terminate called without an active exception" (exit
+    -6, seen in CI beside a concurrent apply). Exit hooks still run, so Ray and multiprocessing
+    shut down as usual; only object finalizers are skipped."""
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

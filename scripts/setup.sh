@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up diffspec on a fresh machine: a virtualenv in .venv with the CPU build of torch and the
-# package installed editable with its generation and dev extras. Safe to run again.
+# package installed editable with its generation, Ray and dev extras (CI tests the Ray executor
+# for real, so Ray is part of the test set-up, not an optional skip). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -14,5 +15,5 @@ python -m pip install --quiet --upgrade pip
 if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
   python -m pip install --quiet "torch==2.13.0"
 fi
-python -m pip install --quiet -e ".[gen,dev]"
+python -m pip install --quiet -e ".[gen,ray,dev]"
 python -c "import diffspec, torch, diffusers; print(f'diffspec {diffspec.__version__} ready (torch {torch.__version__}, diffusers {diffusers.__version__})')"

@@ -34,7 +34,7 @@ from diffspec.catalog.store import Catalog
 from diffspec.errors import PlanError
 from diffspec.project import Project
 
-ray = pytest.importorskip("ray")
+import ray  # noqa: E402  (part of the test set-up: scripts/setup.sh installs the ray extra)
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
