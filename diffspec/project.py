@@ -118,6 +118,7 @@ class Project:
         """Run ``plan`` (default: a fresh plan of the spec, with ``executor`` / ``workers``), then
         the spec's stages. See `diffspec.run.apply.apply_plan`: the plan alone says what runs."""
         from diffspec.run.apply import apply_plan
+        from diffspec.stages.registry import stage_runners
 
         if plan is None:
             plan = self.plan(executor=executor, workers=workers, ray_address=ray_address)
@@ -125,6 +126,8 @@ class Project:
             _check_overrides(plan, executor, workers, ray_address)
         if Path(plan.spec_path).resolve() != self.spec_path.resolve():
             raise PlanError(f"the plan is for {plan.spec_path}, not {self.spec_path}")
+        if not stages:
+            plan = dataclasses.replace(plan, stages=())  # asked for images only
         result = apply_plan(
             plan,
             prune=prune,
@@ -133,11 +136,12 @@ class Project:
             max_units=max_units,
             backend_factory=backend_factory,
             machine=machine,
+            stage_runners=stage_runners() if stages else None,
         )
         if stages and not result.interrupted:
             from diffspec.stages.runner import run_stages
 
-            outcome = run_stages(self.loaded, self.catalog, result.run_id).to_dict()
+            outcome = {**result.stages, **run_stages(self.loaded, self.catalog, result.run_id).to_dict()}
             review = self.loaded.spec.stages.review
             if review is not None and review.report:  # `review: {report: true}` means: after each apply
                 outcome["report"] = str(self.report())

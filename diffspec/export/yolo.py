@@ -1,22 +1,24 @@
 """YOLO (Ultralytics layout): ``images/train/<fingerprint>.png``, ``labels/train/<fingerprint>.txt``,
 ``data.yaml`` and ``classes.txt``, class ids in the spec's class order.
 
-Labels come from the ``segment`` stage table (``catalog/stages/segment/``), never invented: with no
-segment output the export stops with an error instead of writing empty label files, which would
-teach a detector that the images hold no objects. The segment stage that writes this table
-arrives in diffspec 0.2; until then a YOLO export of generated images gives that error.
+Labels come from the ``segment`` stage table (``catalog/stages/segment/``, written by the
+segment stage, :mod:`diffspec.stages.segment_stage`), never invented: with no segment output the
+export stops with an error instead of writing empty label files, which would teach a detector
+that the images hold no objects.
 
-What this export reads from the ``segment`` table (the contract for the segment stage):
+What this export reads from the ``segment`` table:
 
     fingerprint  string          the image
     class_name   string or null  the instance's class (null: the image's class)
     polygon      list<double>    normalised x1, y1, x2, y2, ... (segmentation label), or null
     box          list<double>    normalised x_center, y_center, width, height (detection label), or null
+    kept         bool            optional: false for a detection whose mask the mask rules dropped
     run_id       string          optional: only the latest run's rows of an image count
 
 One row per instance; a row with neither polygon nor box records an image the stage looked at
-and found nothing in (an empty label file). Images with no row are not segmented yet and are
-left out of the export (counted as unlabelled).
+and found nothing in (an empty label file). A kept mask is written as its polygon (the
+segmentation label); its box only where it has no polygon. Images with no row are not
+segmented yet and are left out of the export (counted as unlabelled).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from diffspec.catalog.store import Catalog
 from diffspec.errors import ExportError
 from diffspec.export.common import DestWriter, ExportResult, Selection, counts_by_class
 from diffspec.spec.loader import LoadedSpec
+from diffspec.stages.segment_stage import live_segment_rows
 
 SEGMENT_STAGE = "segment"
 SPLIT = "train"
@@ -38,8 +41,8 @@ SPLIT = "train"
 def _no_labels_error(loaded: LoadedSpec) -> ExportError:
     return ExportError(
         f"YOLO export needs object labels, and the catalog of {loaded.path} holds none (no `segment` stage "
-        "table: the segment stage that makes them arrives in diffspec 0.2); no empty label files were written. "
-        "Export with --format imagefolder, hf or csv for now"
+        "table); no empty label files were written. Add `stages: {segment: ...}` to the spec and run "
+        "`diffspec apply`, or export with --format imagefolder, hf or csv"
     )
 
 
@@ -65,7 +68,7 @@ def read_labels(
     instance, from the ``segment`` stage table."""
     if SEGMENT_STAGE not in catalog.stages() or not catalog.parts(SEGMENT_STAGE):
         raise _no_labels_error(loaded)
-    table = catalog.read_table(SEGMENT_STAGE)
+    table = live_segment_rows(catalog)
     columns = set(table.column_names)
     if "fingerprint" not in columns or not columns & {"polygon", "box"}:
         raise ExportError(
@@ -73,18 +76,18 @@ def read_labels(
             f"{sorted(columns)}; YOLO export needs fingerprint and polygon or box"
         )
     ids = {name: i for i, name in enumerate(classes)}
-    names = ("fingerprint", "class_name", "polygon", "box", "run_id")
+    names = ("fingerprint", "class_name", "polygon", "box", "run_id", "kept")
     get = {c: (table.column(c).to_pylist() if c in columns else [None] * table.num_rows) for c in names}
     latest_run: dict[str, Any] = {}
     for fp, run in zip(get["fingerprint"], get["run_id"]):
         latest_run[fp] = run  # parts are read in time order: the last one seen is the latest
     labels: dict[str, list[tuple[int | None, str]]] = {}
-    for fp, cls, polygon, box, run in zip(*(get[c] for c in names)):
+    for fp, cls, polygon, box, run, kept in zip(*(get[c] for c in names)):
         if run != latest_run[fp]:
             continue
         instances = labels.setdefault(fp, [])
-        if polygon is None and box is None:
-            continue  # looked at, nothing found
+        if kept is False or (polygon is None and box is None):
+            continue  # looked at: nothing found, or a mask the rules dropped
         kind, values = ("polygon", polygon) if polygon is not None else ("box", box)
         if cls is not None and cls not in ids:
             raise ExportError(

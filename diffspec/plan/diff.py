@@ -21,6 +21,7 @@ from diffspec.catalog.store import Catalog, CatalogIndex
 from diffspec.plan.compile import ClassUnits, compile_spec
 from diffspec.plan.estimate import MemoryPlan, seconds_per_image
 from diffspec.plan.execution import BudgetInputs, ExecutionPlan, plan_execution
+from diffspec.plan.stages import SegmentPlan, plan_segment
 from diffspec.plan.unit import WorkUnit
 from diffspec.spec.loader import LoadedSpec
 
@@ -69,6 +70,8 @@ class Plan:
     units: dict[str, ClassUnits] = field(repr=False)
     create_index: dict[str, np.ndarray] = field(repr=False)  # per class: unit positions to make
     owners: dict[str, tuple[str, ...]] = field(repr=False, default_factory=dict)  # fp -> classes, dedup only
+    # Post-generation stages, in the order apply runs them (after the images they read).
+    stages: tuple[SegmentPlan, ...] = ()
 
     @property
     def total_create(self) -> int:
@@ -87,8 +90,12 @@ class Plan:
         return sum(c.est_seconds for c in self.classes)
 
     @property
+    def total_stage_create(self) -> int:
+        return sum(s.total_create for s in self.stages)
+
+    @property
     def has_changes(self) -> bool:
-        return self.total_create > 0 or self.total_remove > 0
+        return self.total_create > 0 or self.total_remove > 0 or self.total_stage_create > 0
 
     def units_to_create(self) -> Iterator[WorkUnit]:
         for name, positions in self.create_index.items():
@@ -302,6 +309,19 @@ def _build_plan(
     # Show classes in the order the spec lists them (ownership above follows names, not this).
     order = {name: i for i, name in enumerate(loaded.classes)}
     classes.sort(key=lambda c: order.get(c.name, len(order)))
+    stages: tuple[SegmentPlan, ...] = ()
+    if loaded.spec.stages.segment is not None:
+        owned = []
+        for name in sorted(names, key=lambda n: order.get(n, len(order))):
+            c_idx = names.index(name)
+            lo, hi = int(offsets[c_idx]), int(offsets[c_idx + 1])
+            positions = np.flatnonzero(first_claim[lo:hi])
+            fps = compiled[name].fingerprints
+            owned.append(
+                (name, compiled[name].label, [fps[i] for i in positions.tolist()], missing_all[lo:hi][positions])
+            )
+        segment = plan_segment(loaded, owned, catalog, execution.device_kind)
+        stages = (segment,) if segment is not None else ()
     return Plan(
         dataset=loaded.spec.dataset,
         spec_path=str(loaded.path),
@@ -316,4 +336,5 @@ def _build_plan(
         units=compiled,
         create_index=create_index,
         owners=owners,
+        stages=stages,
     )

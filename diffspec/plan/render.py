@@ -66,6 +66,8 @@ def plan_to_dict(plan: Plan, with_timestamp: bool = False) -> dict[str, Any]:
         "classes": [_class_dict(c) for c in plan.classes],
         "execution": plan.execution.to_dict(),
     }
+    if plan.stages:  # only when the spec has stages, so plans without them read as before
+        out["stages"] = [stage.to_dict() for stage in plan.stages]
     if with_timestamp:
         out["created_at"] = plan.created_at
     return out
@@ -98,11 +100,46 @@ def _rows(plan: Plan) -> list[list[str]]:
 HEADERS = ["class", "model", "size", "steps", "target", "create", "keep", "remove", "est. time", "memory"]
 
 
+STAGE_HEADERS = ["stage", "class", "create", "keep", "after images", "est. time"]
+
+
+def _stage_rows(plan: Plan) -> list[list[str]]:
+    return [
+        [
+            stage.stage,
+            c.class_name,
+            f"+{c.create}" if c.create else "0",
+            str(c.keep),
+            str(c.after_images),
+            format_duration(c.est_seconds),
+        ]
+        for stage in plan.stages
+        for c in stage.classes
+    ]
+
+
+def stage_lines(plan: Plan) -> list[str]:
+    """One line per stage: its models and what it will make."""
+    lines = []
+    for stage in plan.stages:
+        line = (
+            f"Stage {stage.stage}: {stage.total_create} to create, {stage.total_keep} to keep "
+            f"(detector {stage.detector.source}, segmenter {stage.segmenter.source}, batch {stage.batch_size})"
+        )
+        if stage.superseded:
+            line += f"; {stage.superseded} earlier results no longer match the spec and are not read"
+        lines.append(line + ".")
+    return lines
+
+
 def summary_line(plan: Plan) -> str:
     if not plan.has_changes:
         return f"No changes: {plan.total_keep} images are up to date."
     parts = [f"{plan.total_create} to create", f"{plan.total_keep} to keep", f"{plan.total_remove} to remove"]
-    line = "Plan: " + ", ".join(parts) + f"; estimated {format_duration(plan.total_seconds)}."
+    if plan.stages:
+        parts.append(f"{plan.total_stage_create} stage units to run")
+    seconds = plan.total_seconds + sum(stage.total_seconds for stage in plan.stages)
+    line = "Plan: " + ", ".join(parts) + f"; estimated {format_duration(seconds)}."
     if plan.total_remove:
         line += " Removal needs `apply --prune` or `gc`: nothing is deleted otherwise."
     return line
@@ -117,6 +154,10 @@ def render_markdown(plan: Plan) -> str:
     lines = [title, "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for row in _rows(plan):
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    if plan.stages:
+        lines += ["", "| " + " | ".join(STAGE_HEADERS) + " |", "|" + "---|" * len(STAGE_HEADERS)]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in _stage_rows(plan)]
+        lines += ["", *stage_lines(plan)]
     lines += ["", summary_line(plan), "", execution_line(plan), ""]
     return "\n".join(lines)
 
@@ -136,6 +177,15 @@ def render_table(plan: Plan, console: Any) -> None:
         style = "green" if c.create else ("red" if c.remove else None)
         table.add_row(*(escape(cell) for cell in row), style=style)
     console.print(table)
+    if plan.stages:
+        stages = Table(title="stages", title_justify="left")
+        for header in STAGE_HEADERS:
+            stages.add_column(header, justify="left" if header in ("stage", "class") else "right")
+        for row in _stage_rows(plan):
+            stages.add_row(*(escape(cell) for cell in row), style="green" if row[2] != "0" else None)
+        console.print(stages)
+        for line in stage_lines(plan):
+            console.print(line, highlight=False, markup=False)
     console.print(summary_line(plan))
     console.print(execution_line(plan), highlight=False, markup=False)
     unfit = [c.name for c in plan.classes if not c.memory.fits and c.model != "-"]

@@ -34,6 +34,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,6 +55,7 @@ from diffspec.run.adopt import adopt_orphans
 from diffspec.run.events import NOTABLE, RunEvent, UnitFailure, event
 from diffspec.run.executors import EXECUTORS, Outcome, RunContext
 from diffspec.run.space import bytes_per_image, estimate_bytes, free_bytes, full_path, human, is_disk_full
+from diffspec.run.stage_phase import StageContext, StageRunner, check_runners
 from diffspec.run.writer import ImageWriter, check_inside
 
 VERSIONED_PACKAGES = ("diffspec", "torch", "diffusers", "transformers", "accelerate")
@@ -202,6 +204,7 @@ def apply_plan(
     max_units: int | None = None,
     backend_factory: Any = None,
     machine: Machine | None = None,
+    stage_runners: Mapping[str, StageRunner] | None = None,
 ) -> ApplyResult:
     """Make the plan's create set, as the plan decided. See the module docstring for the steps.
 
@@ -210,8 +213,11 @@ def apply_plan(
     the machine (``devices: auto``, no memory figure) is re-planned and the changes are logged
     and returned; any other mismatch raises a PlanError. ``backend_factory`` replaces
     :class:`diffspec.generate.backend.Backend` (same call signature; picklable for worker
-    processes): for tests that inject failures.
+    processes): for tests that inject failures. ``stage_runners`` run the plan's stages after
+    the images (`diffspec.run.stage_phase`); a plan with stage units to make needs them.
     """
+    runners = dict(stage_runners or {})
+    check_runners(plan.stages, runners)
     output = Path(plan.output)
     units: list[WorkUnit] = list(plan.units_to_create())
     execution = plan.execution
@@ -245,6 +251,7 @@ def apply_plan(
                 backend_factory=backend_factory,
                 stale_lock=lock.was_stale,
                 signals=signals,
+                stage_runners=runners,
             )
     finally:
         gc.unfreeze()
@@ -267,6 +274,7 @@ def _apply_locked(
     backend_factory: Any,
     stale_lock: bool,
     signals: _Signals,
+    stage_runners: Mapping[str, StageRunner],
 ) -> ApplyResult:
     from diffspec.run.render import RunProgress
 
@@ -420,15 +428,46 @@ def _apply_locked(
         remove_leftovers(output / "images")
     if interrupted and len(recorder.seen) - len(adopted) + len(failures) >= len(todo):
         interrupted = False  # the stop came after the last batch: nothing is missing
+    images_interrupted = interrupted
+    stage_outcomes: dict[str, Any] = {}
+    if error is None and not interrupted:
+        # The stages read the images this run recorded: images first, then each stage in order.
+        for stage in plan.stages:
+            if not stage.total_create:
+                continue
+            context = StageContext(
+                output, catalog, run_id, execution.devices[0] if execution.devices else "cpu", signals.stop, view.note
+            )
+            try:
+                done = stage_runners[stage.stage](stage, context)
+            except BaseException as exc:  # a model that cannot load, a full disk, a second Ctrl-C
+                error = exc
+                interrupted = isinstance(exc, KeyboardInterrupt)
+                break
+            log.extend(done.events)
+            log.append(
+                event(
+                    f"stage_{stage.stage}",
+                    f"stage {stage.stage}: {done.made} made, {done.failed} failed, "
+                    f"{done.waiting} waiting for their image, {done.seconds:.2f}s",
+                    **done.to_dict(),
+                )
+            )
+            stage_outcomes[stage.stage] = done.to_dict()
+            if done.interrupted:
+                interrupted = True
+                break
     failed = len(failures)
+    stage_failed = sum(int(o["failed"]) for o in stage_outcomes.values())
     if error is not None and not isinstance(error, KeyboardInterrupt):
         phase = "failed"
         log.append(event("error", f"{type(error).__name__}: {error}"))
     elif interrupted:
         phase = "interrupted"
-        log.append(event("interrupted", f"stopped by the user with {len(todo) - made - failed} units left"))
+        left = f"with {len(todo) - made - failed} units left" if images_interrupted else "during the stages"
+        log.append(event("interrupted", f"stopped by the user {left}"))
     else:
-        phase = "failed" if failed else "finished"
+        phase = "failed" if failed or stage_failed else "finished"
 
     removed = 0
     if prune and error is None and not interrupted and plan.removals:
@@ -498,6 +537,7 @@ def _apply_locked(
         per_class=dict(per_class),
         executor=execution.executor,
         replanned=replanned,
+        stages={"run": stage_outcomes} if stage_outcomes else {},
     )
 
 

@@ -93,6 +93,8 @@ class RunProgress:
     def note(self, message: str) -> None:
         if self._progress is not None:
             self._progress.console.print(f"[yellow]{message}[/]", highlight=False)
+        elif self.enabled and self.console is not None:  # after the image bars (the stages' notes)
+            self.console.print(message, highlight=False, markup=False)
 
 
 def render_summary(result: Any, console: Any) -> None:
@@ -129,7 +131,15 @@ def render_summary(result: Any, console: Any) -> None:
 
 
 def render_stages(stages: dict[str, Any], console: Any) -> None:
-    """What the stages after generation did: every filter's counts, every note, the report."""
+    """What the stages after generation did: every planned stage's units, every filter's counts,
+    every note, the report."""
+    for name, done in stages.get("run", {}).items():
+        line = f"stage {name}: made {done['made']}, failed {done['failed']} in {format_duration(done['seconds'])}"
+        if done.get("waiting_for_images"):
+            line += f"; {done['waiting_for_images']} wait for images not made yet"
+        if done.get("interrupted"):
+            line += "; interrupted, resume with `diffspec apply`"
+        console.print(line, highlight=False, markup=False)
     for f in stages.get("filters", []):
         if f.get("skipped"):
             continue

@@ -15,7 +15,6 @@ from diffspec.spec.yamlio import Positions
 NEXT_RELEASE = "0.2"
 _NOT_YET = {
     "captions": "caption variations from a language model",
-    "segment": "text-prompted segmentation to masks and YOLO labels",
 }
 _FILTERS_NOT_YET = {"clip_score": "the CLIP image-prompt score filter"}
 

@@ -284,15 +284,40 @@ class CaptionsStage(StrictModel):
 
 
 class SegmentStage(StrictModel):
-    detector: str = Field(description="Grounding DINO weights (hub id or folder).")
-    segmenter: str = Field(description="SAM weights (hub id or folder).")
-    text: str = "{class}"
+    """Text-prompted segmentation of every image (Lang-SAM: Grounding DINO boxes, SAM masks)."""
+
+    detector: str = Field("IDEA-Research/grounding-dino-base", description="Grounding DINO weights (hub id or folder).")
+    detector_revision: str | None = Field(None, description="Hub revision of the detector (not for folders).")
+    segmenter: str = Field("facebook/sam-vit-base", description="SAM weights (hub id or folder).")
+    segmenter_revision: str | None = Field(None, description="Hub revision of the segmenter (not for folders).")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: float16 on CUDA, float32 on CPU."
+    )
+    trust_remote_code: bool = False
+    text: str = Field("{class}", description="What to find, per class: {class} and {label} are filled in.")
     box_threshold: Annotated[float, Field(ge=0, le=1)] = 0.3
     text_threshold: Annotated[float, Field(ge=0, le=1)] = 0.25
-    min_area: Annotated[float, Field(ge=0, le=1)] = 0.0
-    max_area: Annotated[float, Field(ge=0, le=1)] = 1.0
-    dedup_iou: Annotated[float, Field(ge=0, le=1)] = 0.7
-    format: Literal["yolo"] = "yolo"
+    max_boxes: Annotated[int, Field(ge=1, le=1000)] | None = Field(None, description="Keep the best N boxes.")
+    min_area: Annotated[float, Field(ge=0, le=1)] = Field(0.0, description="Drop masks under this image fraction.")
+    max_area: Annotated[float, Field(ge=0, le=1)] = Field(1.0, description="Drop masks over this image fraction.")
+    dedup_iou: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.7, description="Drop a mask overlapping a better one above this IoU."
+    )
+    merged_cover: Annotated[float, Field(ge=0, le=1)] = 0.8
+    merged_fill: Annotated[float, Field(ge=0, le=1)] = 0.6
+    merged_min_parts: Annotated[int, Field(ge=2, le=100)] = 2
+    contained: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.9, description="Drop a mask lying this much inside a larger kept one."
+    )
+    batch_size: Annotated[int, Field(ge=1, le=256)] | None = Field(
+        None, description="Images per detector and segmenter call; default from the budget's max_batch."
+    )
+
+    @model_validator(mode="after")
+    def _areas(self) -> SegmentStage:
+        if self.min_area > self.max_area:
+            raise ValueError(f"min_area ({self.min_area}) is above max_area ({self.max_area})")
+        return self
 
 
 class ThresholdFilter(StrictModel):

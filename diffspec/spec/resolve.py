@@ -121,6 +121,36 @@ def check_models(spec: Spec, root: Path, positions: Positions, problems: list[Pr
             )
 
 
+SEGMENT_TEXT_VARS = ("class", "label")
+
+
+def check_segment_stage(spec: Spec, root: Path, positions: Positions, problems: list[Problem]) -> None:
+    """The segment stage's text may name only the class, and a local folder has no revision."""
+    stage = spec.stages.segment
+    if stage is None:
+        return
+    where: PathT = ("stages", "segment")
+    for var in placeholders(stage.text):
+        if var not in SEGMENT_TEXT_VARS:
+            problems.append(
+                Problem(
+                    positions.at(where + ("text",)),
+                    f"segment `text` uses {{{var}}}; it can use {{class}} and {{label}} only "
+                    "(what to find is named per class, not per prompt variant)",
+                )
+            )
+    for model_key, revision_key in (("detector", "detector_revision"), ("segmenter", "segmenter_revision")):
+        folder = local_folder(getattr(stage, model_key), root)
+        if getattr(stage, revision_key) is not None and folder is not None:
+            problems.append(
+                Problem(
+                    positions.at(where + (revision_key,)),
+                    f"segment `{revision_key}` applies to hub ids only, and {getattr(stage, model_key)!r} is a "
+                    f"local folder ({shown_path(folder)}), which is identified by its content; remove it",
+                )
+            )
+
+
 def check_templates(
     name: str, cls: ClassSpec, known: set[str], cpath: PathT, positions: Positions, problems: list[Problem]
 ) -> None:
@@ -207,6 +237,7 @@ def resolve(
     references to them are not reported again as unknown."""
     hashes: dict[str, str] = {}
     check_models(spec, root, positions, problems)
+    check_segment_stage(spec, root, positions, problems)
     check_available(spec, positions, problems)
     global_vars: dict[str, tuple[str, ...]] = {}
     for var, values in spec.vars.items():

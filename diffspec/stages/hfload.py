@@ -9,55 +9,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from diffspec.errors import GenerationError
-from diffspec.tables.sources import looks_like_path
+from diffspec.plan.stage_identity import IMAGE_BACKEND, HFModelRef
 
-#: transformers picks the torchvision image processors when torchvision is installed and the PIL
-#: ones otherwise; they do not give identical pixels. The stages always ask for PIL, so a mask
-#: does not change with whether torchvision happens to be installed (and it need not be).
-IMAGE_BACKEND = "pil"
-
-
-@dataclass(frozen=True, slots=True)
-class HFModelRef:
-    """A transformers checkpoint a stage loads: everything that decides its weights and dtype."""
-
-    source: str
-    revision: str | None = None
-    dtype: str = "auto"  # auto: float16 on CUDA, float32 on CPU (see generate.loading.resolve_dtype)
-    use_safetensors: bool = True
-    trust_remote_code: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.source or not self.source.strip():
-            raise GenerationError("a stage model needs a `source` (a hub id or a local folder)")
-
-    @property
-    def is_local(self) -> bool:
-        return looks_like_path(self.source)
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that change outputs, for fingerprints (a local folder has no revision)."""
-        return {
-            "source": self.source,
-            "revision": self.revision,
-            "dtype": self.dtype,
-            "use_safetensors": self.use_safetensors,
-            "trust_remote_code": self.trust_remote_code,
-        }
-
-    def location(self) -> str:
-        return str(Path(self.source).expanduser()) if self.is_local else self.source
-
-    def kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
-        if self.revision and not self.is_local:
-            kwargs["revision"] = self.revision
-        return kwargs
+__all__ = ["IMAGE_BACKEND", "HFModelRef", "load", "quiet_loading"]
 
 
 @contextlib.contextmanager

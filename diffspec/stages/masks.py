@@ -35,13 +35,13 @@ same pixels.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from diffspec.errors import StageError
+from diffspec.plan.stage_identity import MaskFilter
 
 __all__ = [
     "DROP_REASONS",
@@ -63,40 +63,6 @@ __all__ = [
 ]
 
 DROP_REASONS = ("empty", "too_small", "too_large", "duplicate", "merged", "nested")
-
-
-@dataclass(frozen=True, slots=True)
-class MaskFilter:
-    """Parameters of :func:`filter_masks` (all fractions in [0, 1]); defaults as the fruit seed."""
-
-    min_area: float = 0.0  # fraction of the image's pixels
-    max_area: float = 1.0
-    dedup_iou: float = 0.7  # drop when IoU with a higher-scored kept mask is above this
-    merged_cover: float = 0.8  # a part lies inside M for at least this fraction of its area
-    merged_fill: float = 0.6  # the parts together cover at least this fraction of M
-    merged_min_parts: int = 2
-    contained: float = 0.9  # nested: at least this fraction of a mask inside a larger kept one
-
-    def __post_init__(self) -> None:
-        for name in ("min_area", "max_area", "dedup_iou", "merged_cover", "merged_fill", "contained"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
-                raise StageError(f"segment: `{name}` must be a fraction in [0, 1], got {value!r}")
-        if self.min_area > self.max_area:
-            raise StageError(f"segment: `min_area` ({self.min_area}) is above `max_area` ({self.max_area})")
-        if not (isinstance(self.merged_min_parts, int) and self.merged_min_parts >= 2):
-            raise StageError(f"segment: `merged_min_parts` must be an integer >= 2, got {self.merged_min_parts!r}")
-
-    def identity(self) -> dict[str, float | int]:
-        return {
-            "min_area": float(self.min_area),
-            "max_area": float(self.max_area),
-            "dedup_iou": float(self.dedup_iou),
-            "merged_cover": float(self.merged_cover),
-            "merged_fill": float(self.merged_fill),
-            "merged_min_parts": self.merged_min_parts,
-            "contained": float(self.contained),
-        }
 
 
 @dataclass(frozen=True, slots=True)

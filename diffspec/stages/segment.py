@@ -26,8 +26,6 @@ Nothing here is wired to ``plan``/``apply`` yet (see docs/stages.md).
 
 from __future__ import annotations
 
-import hashlib
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +34,14 @@ from typing import Any
 import numpy as np
 
 from diffspec.errors import GenerationError, StageError
-from diffspec.plan.unit import canonical_json, normalize_prompt
+from diffspec.plan.stage_identity import (
+    DETECT_KIND,
+    SEGMENT_KIND,
+    DetectParams,
+    detection_fingerprint,
+    detector_prompt,
+    segment_fingerprint,
+)
 from diffspec.stages.hfload import IMAGE_BACKEND, HFModelRef, load
 from diffspec.stages.masks import FilterOutcome, MaskFilter, filter_masks
 
@@ -57,43 +62,9 @@ __all__ = [
     "segment_fingerprint",
 ]
 
-DETECT_KIND = "detect"
-SEGMENT_KIND = "segment"
-DETECT_CANONICAL = "diffspec-detect/v1"
-SEGMENT_CANONICAL = "diffspec-segment/v1"
 
 DEFAULT_DETECTOR = "IDEA-Research/grounding-dino-base"  # Lang-SAM's default detector
 DEFAULT_SEGMENTER = "facebook/sam-vit-base"
-
-
-def detector_prompt(text: str) -> str:
-    """Grounding DINO's form of a prompt: whitespace-normalised, lower case, ending in a period."""
-    norm = normalize_prompt(text).lower()
-    if not norm:
-        raise StageError("segment: the detector prompt is empty")
-    return norm if norm.endswith(".") else norm + "."
-
-
-@dataclass(frozen=True, slots=True)
-class DetectParams:
-    box_threshold: float = 0.3  # a box's best token score must exceed this (Lang-SAM: 0.3)
-    text_threshold: float = 0.25  # tokens above this name the box's label (Lang-SAM: 0.25)
-    max_boxes: int | None = None  # keep at most this many boxes per image, best first
-
-    def __post_init__(self) -> None:
-        for name in ("box_threshold", "text_threshold"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
-                raise StageError(f"segment: `{name}` must be in [0, 1], got {value!r}")
-        if self.max_boxes is not None and not (isinstance(self.max_boxes, int) and self.max_boxes >= 1):
-            raise StageError(f"segment: `max_boxes` must be a positive integer or unset, got {self.max_boxes!r}")
-
-    def identity(self) -> dict[str, Any]:
-        return {
-            "box_threshold": float(self.box_threshold),
-            "text_threshold": float(self.text_threshold),
-            "max_boxes": self.max_boxes,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,46 +108,6 @@ class SegmentResult:
 
     def kept_masks(self) -> np.ndarray:
         return self.masks[list(self.kept)] if self.kept else np.zeros((0, self.height, self.width), dtype=bool)
-
-
-# --------------------------------------------------------------------------- fingerprints
-
-
-def _sha(prefix: str, body: dict[str, Any]) -> str:
-    return hashlib.sha256((prefix + "\n" + canonical_json(body)).encode("utf-8")).hexdigest()
-
-
-def detection_fingerprint(detector: HFModelRef, params: DetectParams, prompt: str, image_fingerprint: str) -> str:
-    """The boxes of one image: detector model, thresholds, the prompt as the detector sees it,
-    the image processor backend, and the image's fingerprint."""
-    return _sha(
-        DETECT_CANONICAL,
-        {
-            "kind": DETECT_KIND,
-            "model": detector.identity(),
-            "image_backend": IMAGE_BACKEND,
-            "params": params.identity(),
-            "prompt": detector_prompt(prompt),
-            "input": image_fingerprint,
-        },
-    )
-
-
-def segment_fingerprint(segmenter: HFModelRef, mask_filter: MaskFilter, detection_fp: str) -> str:
-    """The kept masks of one image: segmenter model, the mask rules' parameters and the
-    fingerprint of the detections they start from (which covers the image and the detector).
-    Changing only ``min_area`` changes this and not :func:`detection_fingerprint`."""
-    return _sha(
-        SEGMENT_CANONICAL,
-        {
-            "kind": SEGMENT_KIND,
-            "model": segmenter.identity(),
-            "image_backend": IMAGE_BACKEND,
-            "multimask_output": False,
-            "filter": mask_filter.identity(),
-            "input": detection_fp,
-        },
-    )
 
 
 # --------------------------------------------------------------------------- models

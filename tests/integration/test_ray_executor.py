@@ -28,13 +28,12 @@ import time
 from pathlib import Path
 
 import pytest
+import ray  # part of the test set-up: scripts/setup.sh installs the ray extra
 from test_apply_support import check_catalog, tiny_sd, write_spec
 
 from diffspec.catalog.store import Catalog
 from diffspec.errors import PlanError
 from diffspec.project import Project
-
-import ray  # noqa: E402  (part of the test set-up: scripts/setup.sh installs the ray extra)
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

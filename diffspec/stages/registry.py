@@ -1,0 +1,11 @@
+"""The stage runners `apply` uses: stage name to the function that runs its planned units."""
+
+from __future__ import annotations
+
+from diffspec.run.stage_phase import StageRunner
+
+
+def stage_runners() -> dict[str, StageRunner]:
+    from diffspec.stages.segment_stage import run_segment
+
+    return {"segment": run_segment}

@@ -1,0 +1,196 @@
+"""The segment stage planned and applied like images, on the embedded digits model with tiny
+random-weight Grounding DINO and SAM (built from configs, loaded through from_pretrained):
+plan shows the stage's units per class, apply records boxes and masks batch by batch in the
+``segment`` table, a second apply makes nothing, a mask-rule change re-plans the masks only, and
+the YOLO export is read back by a real consumer (supervision)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:
+    from tiny_stage_models import *  # noqa: F403
+except ImportError:  # pragma: no cover - run from the repository root
+    from tests.integration.tiny_stage_models import *  # noqa: F403
+
+from diffspec.errors import PlanError, SpecError
+from diffspec.project import Project
+from diffspec.run.apply import apply_plan
+from diffspec.stages.masks import Rle, polygons_to_mask, rle_decode, rle_from_string
+
+pytest.importorskip("torch")
+
+CLASSES = {"zero": 4, "one": 3}
+
+
+def _spec(folder: Path, dino: Path, sam: Path, *, min_area: float = 0.0, extra: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = folder / "fruit.yaml"
+    spec.write_text(
+        textwrap.dedent(f"""\
+        version: 1
+        dataset: tiny-fruit
+        output: out
+        models:
+          digits: {{source: "builtin:digits", scheduler: ddim}}
+        defaults: {{model: digits, size: [32, 32], steps: 2, guidance: 3.0, seed: 3}}
+        budget: {{devices: cpu, max_batch: 4}}
+        classes:
+          zero: {{target: {CLASSES["zero"]}, prompt: "a thin handwritten zero", label: "digit zero"}}
+          one: {{target: {CLASSES["one"]}, prompt: "a thick handwritten one"}}
+        stages:
+          segment:
+            detector: {dino}
+            segmenter: {sam}
+            text: "{{label}}"
+            box_threshold: 0.3
+            min_area: {min_area}
+            max_area: 0.9
+            dedup_iou: 0.7
+            batch_size: 3
+        {extra}""")
+    )
+    return spec
+
+
+@pytest.fixture
+def applied(tmp_path: Path, tiny_dino: Path, tiny_sam: Path) -> Path:  # noqa: F811
+    spec = _spec(tmp_path / "run", tiny_dino, tiny_sam)
+    result = Project(spec).apply(progress=False)
+    assert result.phase == "finished", result.log
+    return spec
+
+
+def test_plan_shows_the_stage_units_per_class_and_needs_no_model(tmp_path: Path, tiny_dino, tiny_sam) -> None:  # noqa: F811
+    plan = Project(_spec(tmp_path, tiny_dino, tiny_sam)).plan()
+    (segment,) = plan.stages
+    assert [(c.class_name, c.create, c.keep, c.after_images) for c in segment.classes] == [
+        ("zero", 4, 0, 4),
+        ("one", 3, 0, 3),
+    ]
+    assert segment.detector.content is not None  # a local folder: identified by its files
+    assert len({u.fingerprint for u in segment.create}) == 7
+    assert {u.text for u in segment.create} == {"digit zero", "one"}  # {label} per class
+    from diffspec.plan.render import plan_to_dict, render_markdown
+
+    data = plan_to_dict(plan)
+    assert data["stages"][0]["create"] == 7 and data["stages"][0]["classes"][0]["class"] == "zero"
+    assert "| segment | zero | +4 |" in render_markdown(plan)
+    assert "7 stage units to run" in render_markdown(plan)
+
+
+def test_apply_records_masks_then_a_second_apply_makes_nothing(applied: Path) -> None:
+    project = Project(applied)
+    rows = project.query(
+        "SELECT count(DISTINCT segment_fingerprint) AS units, count(DISTINCT fingerprint) AS images, "
+        "count(*) FILTER (WHERE kept) AS kept, count(*) FILTER (WHERE instance IS NOT NULL) AS detections "
+        "FROM segment"
+    ).to_pylist()[0]
+    assert rows["units"] == rows["images"] == sum(CLASSES.values())
+    assert rows["detections"] >= rows["kept"] > 0  # the random tiny detector finds boxes at 0.3
+    # Every image of the catalog is covered, and every kept mask decodes to its recorded area.
+    images = set(project.query("SELECT fingerprint FROM images").column("fingerprint").to_pylist())
+    masks = project.query("SELECT fingerprint, rle, area, width, height, polygon FROM segment WHERE kept").to_pylist()
+    assert {m["fingerprint"] for m in masks} <= images
+    for m in masks:
+        mask = rle_decode(rle_from_string(m["rle"], (m["height"], m["width"])))
+        assert int(mask.sum()) == m["area"]
+        assert isinstance(rle_from_string(m["rle"], (m["height"], m["width"])), Rle)
+        back = polygons_to_mask([np.array(m["polygon"]).reshape(-1, 2)], m["height"], m["width"])
+        assert (back & mask).sum() > 0  # the outline is the mask's (exact IoU is tested in test_stages_masks)
+
+    again = project.plan()
+    assert not again.has_changes and again.stages[0].total_create == 0 and again.stages[0].total_keep == 7
+    second = project.apply(progress=False)
+    assert second.made == 0 and second.stages.get("run") is None  # the stage ran nothing
+    parts = sorted((project.output / "catalog" / "stages" / "segment").glob("*.parquet"))
+    assert len(parts) == 1  # the run's batches were merged into one part
+
+
+def test_a_mask_rule_change_replans_the_masks_and_nothing_else(applied: Path, tiny_dino, tiny_sam) -> None:  # noqa: F811
+    spec = _spec(applied.parent, tiny_dino, tiny_sam, min_area=0.05)
+    plan = Project(spec).plan()
+    assert plan.total_create == 0 and plan.total_keep == 7  # the images stay
+    (segment,) = plan.stages
+    assert segment.total_create == 7 and segment.superseded == 7
+    old = Project(applied).query("SELECT DISTINCT detection_fingerprint FROM segment").column(0).to_pylist()
+    assert {u.detection_fingerprint for u in segment.create} == set(old)  # same boxes, new mask rules
+    result = Project(spec).apply(progress=False)
+    assert result.made == 0 and result.stages["run"]["segment"]["made"] == 7
+    small = (
+        Project(spec)
+        .query(
+            "SELECT count(*) AS n FROM segment WHERE kept AND area < 0.05 * width * height AND run_id = "
+            f"'{result.run_id}'"
+        )
+        .to_pylist()[0]["n"]
+    )
+    assert small == 0
+
+
+def test_yolo_export_is_read_by_supervision(applied: Path) -> None:
+    sv = pytest.importorskip("supervision")  # part of the dev extra: a real consumer of our labels
+    project = Project(applied)
+    dest = applied.parent / "yolo"
+    result = project.export("yolo", dest)
+    assert result.total == sum(CLASSES.values())
+    dataset = sv.DetectionDataset.from_yolo(
+        images_directory_path=str(dest / "images" / "train"),
+        annotations_directory_path=str(dest / "labels" / "train"),
+        data_yaml_path=str(dest / "data.yaml"),
+        force_masks=True,
+    )
+    assert dataset.classes == ["zero", "one"]
+    assert len(dataset) == sum(CLASSES.values())
+    labels = list((dest / "labels" / "train").glob("*.txt"))
+    assert len(labels) == sum(CLASSES.values())  # one label file per image
+    kept = project.query("SELECT fingerprint, class_name FROM segment WHERE kept").to_pylist()
+    total_masks = 0
+    for path, _image, detections in dataset:
+        fp = Path(path).stem
+        mine = [k for k in kept if k["fingerprint"] == fp]
+        assert len(detections) == len(mine)
+        assert detections.mask is not None and detections.mask.shape[0] == len(mine)
+        assert set(detections.class_id.tolist()) <= {0 if mine and mine[0]["class_name"] == "zero" else 1}
+        total_masks += len(detections)
+    assert total_masks == len(kept)
+    for label in labels:
+        for line in label.read_text().splitlines():
+            values = [float(v) for v in line.split()[1:]]
+            assert int(line.split()[0]) in (0, 1) and all(0.0 <= v <= 1.0 for v in values)
+
+
+def test_stage_errors_name_the_place(tmp_path: Path, tiny_dino, tiny_sam) -> None:  # noqa: F811
+    spec = _spec(tmp_path, tiny_dino, tiny_sam)
+    spec.write_text(
+        spec.read_text()
+        .replace('text: "{label}"', 'text: "{count} {label}"')
+        .replace("batch_size: 3", f"batch_size: 3\n    segmenter_revision: main\n    detector_revision: {'v1'}")
+    )
+    with pytest.raises(SpecError) as info:
+        Project(spec).validate()
+    message = str(info.value)
+    assert "fruit.yaml:" in message and "{count}" in message and "{class} and {label} only" in message
+    assert "`segmenter_revision` applies to hub ids only" in message
+    assert "`detector_revision` applies to hub ids only" in message
+
+
+def test_apply_plan_without_stage_runners_refuses_before_any_work(tmp_path: Path, tiny_dino, tiny_sam) -> None:  # noqa: F811
+    plan = Project(_spec(tmp_path, tiny_dino, tiny_sam)).plan()
+    with pytest.raises(PlanError, match="no runner"):
+        apply_plan(plan, progress=False)
+    assert not (tmp_path / "out" / "images").exists()
+
+
+def test_plan_json_of_a_spec_without_stages_has_no_stages_key(tmp_path: Path, tiny_dino, tiny_sam) -> None:  # noqa: F811
+    spec = _spec(tmp_path, tiny_dino, tiny_sam)
+    text = spec.read_text()
+    spec.write_text(text[: text.index("stages:")])
+    from diffspec.plan.render import render_json
+
+    assert "stages" not in json.loads(render_json(Project(spec).plan()))
