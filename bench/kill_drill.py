@@ -16,6 +16,15 @@ apply runs to the end. The audit checks:
   ``DIFFSPEC_WRITE_COUNTER`` before it writes) <= planned + kills x batch size: a kill
   loses at most the one batch that was being written.
 
+With ``--stages`` the spec also runs the segment stage (tiny random-weight Grounding DINO and
+SAM built from configs), and every third kill lands while the stage records its batches (a
+random moment after a new part of the ``segment`` table appears). The audit then also checks:
+
+* every planned image has exactly one segment unit recorded, by one run only (no unit made
+  twice), and no (unit, detection) row twice in the live rows;
+* no segment row without its image in the catalog;
+* every mask row decodes (COCO RLE) to the area it records.
+
 Prints the figures and exits 1 if a check fails.
 """
 
@@ -38,8 +47,25 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_spec(folder: Path, model: Path, units: int, batch: int, size: int, steps: int, workers: int) -> Path:
+def write_spec(
+    folder: Path,
+    model: Path,
+    units: int,
+    batch: int,
+    size: int,
+    steps: int,
+    workers: int,
+    stage_models: tuple[Path, Path] | None = None,
+) -> Path:
     spec = folder / "spec.yaml"
+    stages = (
+        textwrap.dedent(f"""\
+        stages:
+          segment: {{detector: "{stage_models[0]}", segmenter: "{stage_models[1]}", box_threshold: 0.3, batch_size: 2}}
+        """)
+        if stage_models
+        else ""
+    )
     spec.write_text(
         textwrap.dedent(f"""\
         version: 1
@@ -52,7 +78,8 @@ def write_spec(folder: Path, model: Path, units: int, batch: int, size: int, ste
         classes:
           cats: {{target: {units - units // 2}, prompt: "a photo of a {{animal}}", vars: {{animal: [cat, kitten]}}}}
           dogs: {{target: {units // 2}, prompt: "a photo of a dog, {{light}}", vars: {{light: [daylight, studio light]}}}}
-        """),
+        """)
+        + stages,
         encoding="utf-8",
     )
     return spec
@@ -74,6 +101,44 @@ def _start(spec: Path, env: dict[str, str], log: Any) -> subprocess.Popen:
         stdout=log,
         stderr=log,
     )
+
+
+def _stage_parts(output: Path) -> int:
+    folder = output / "catalog" / "stages" / "segment"
+    return sum(1 for p in folder.glob("part-*.parquet")) if folder.is_dir() else 0
+
+
+def audit_segments(output: Path) -> dict[str, Any]:
+    """The segment table after the drill: each image's unit once, by one run; rows whole."""
+    from diffspec.catalog.store import Catalog
+    from diffspec.stages.masks import rle_decode, rle_from_string
+    from diffspec.stages.segment_stage import live_segment_rows
+
+    cat = Catalog(output)
+    images = set(cat.live_images(["fingerprint"]).column("fingerprint").to_pylist())
+    rows = live_segment_rows(cat).to_pylist()
+    runs_per_unit: dict[str, set[str]] = {}
+    keys = []
+    undecodable = 0
+    for r in rows:
+        runs_per_unit.setdefault(r["segment_fingerprint"], set()).add(r["run_id"])
+        keys.append((r["segment_fingerprint"], r["instance"]))
+        if r["rle"] is not None:
+            try:
+                mask = rle_decode(rle_from_string(r["rle"], (r["height"], r["width"])))
+                undecodable += int(int(mask.sum()) != r["area"])
+            except Exception:  # noqa: BLE001 - any failure to decode is what the audit counts
+                undecodable += 1
+    return {
+        "segment_units": len(runs_per_unit),
+        "segment_rows": len(rows),
+        "units_made_twice": sum(1 for runs in runs_per_unit.values() if len(runs) > 1),
+        "duplicate_rows": len(keys) - len(set(keys)),
+        "rows_without_image": sum(1 for r in rows if r["fingerprint"] not in images),
+        "images_without_unit": len(images - {r["fingerprint"] for r in rows}),
+        "undecodable_masks": undecodable,
+        "segment_parts": _stage_parts(output),
+    }
 
 
 def audit(output: Path) -> dict[str, Any]:
@@ -119,6 +184,7 @@ def run_drill(
     after_write: tuple[float, float] = (0.0, 2.0),
     model: Path | None = None,
     verbose: bool = True,
+    stages: bool = False,
 ) -> dict[str, Any]:
     from diffspec.project import Project
 
@@ -128,7 +194,13 @@ def run_drill(
         from diffspec.generate.tiny import build_tiny
 
         model = build_tiny("sd", "txt2img", workdir / "tiny")
-    spec = write_spec(workdir, model, units, batch, size, steps, workers)
+    stage_models = None
+    if stages:
+        from diffspec.stages.tiny import build_tiny_grounding_dino, build_tiny_sam
+
+        stage_models = (build_tiny_grounding_dino(workdir / "dino"), build_tiny_sam(workdir / "sam"))
+    spec = write_spec(workdir, model, units, batch, size, steps, workers, stage_models)
+    output = workdir / "out"
     planned = Project(spec).plan().total_create
     counter = workdir / "writes.txt"
     counter.unlink(missing_ok=True)
@@ -146,18 +218,25 @@ def run_drill(
     t_start = time.perf_counter()
     while done_kills < kills:
         before = _lines(counter)
+        parts_before = _stage_parts(output)
         proc = _start(spec, env, log)
         t0 = time.perf_counter()
         startup_kill = bool(first_write) and done_kills % 4 == 2  # every 4th kill lands in start-up
+        # With stages, every third kill waits for the stage's next recorded batch instead.
+        stage_kill = stages and not startup_kill and done_kills % 3 == 1
         if startup_kill:  # anywhere in start-up: lock, clean-up, tidy, imports, model load
             deadline = t0 + rng.uniform(0.05, max(0.1, min(first_write)))
         else:
             deadline = None
         while proc.poll() is None:
             now = time.perf_counter()
-            if deadline is None and _lines(counter) > before:
+            if deadline is None and not stage_kill and _lines(counter) > before:
                 first_write.append(now - t0)
                 deadline = now + rng.uniform(*after_write)
+            elif deadline is None and not stage_kill and stages and _stage_parts(output) > parts_before:
+                deadline = now + rng.uniform(0.0, 0.3)  # the images are all made: kill in the stage
+            if deadline is None and stage_kill and _stage_parts(output) > parts_before:
+                deadline = now + rng.uniform(0.0, 0.3)
             if deadline is not None and now >= deadline:
                 break
             time.sleep(0.005)
@@ -174,9 +253,9 @@ def run_drill(
         moment = time.perf_counter() - t0
         moments.append(round(moment, 2))
         if verbose:
+            where = "start-up" if startup_kill else ("in the stage" if stage_kill else "while writing")
             print(
-                f"  kill {done_kills:2d} at {moment:5.2f}s ({'start-up' if startup_kill else 'while writing'}): "
-                f"{_lines(counter)} image writes so far",
+                f"  kill {done_kills:2d} at {moment:5.2f}s ({where}): {_lines(counter)} image writes so far",
                 flush=True,
             )
     final = subprocess.run(
@@ -191,7 +270,6 @@ def run_drill(
     if final.returncode != 0:
         raise RuntimeError(f"the final apply failed ({final.returncode}):\n{final.stderr[-3000:]}")
     summary = json.loads(final.stdout)
-    output = workdir / "out"
     figures = audit(output)
     writes = _lines(counter)
     bound = planned + done_kills * batch
@@ -221,6 +299,17 @@ def run_drill(
         and figures["left_to_make"] == 0
         and figures["png_files"] == planned
     )
+    if stages:
+        seg = audit_segments(output)
+        figures.update(seg)
+        figures["ok"] = figures["ok"] and (
+            seg["segment_units"] == planned
+            and seg["units_made_twice"] == 0
+            and seg["duplicate_rows"] == 0
+            and seg["rows_without_image"] == 0
+            and seg["images_without_unit"] == 0
+            and seg["undecodable_masks"] == 0
+        )
     return figures
 
 
@@ -234,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--stages", action="store_true", help="also run the segment stage (tiny models)")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="diffspec-kill-drill-"))
     print(
@@ -250,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps,
         workers=args.workers,
         seed=args.seed,
+        stages=args.stages,
     )
     print(f"planned {f['planned']}  kills {f['kills']}  runs {f['runs']}  time {f['seconds']}s")
     print(
@@ -264,6 +355,13 @@ def main(argv: list[str] | None = None) -> int:
         f"image writes {f['image_writes']} <= bound planned + kills x batch = {f['write_bound']}  "
         f"(wasted {f['wasted_writes']}, {f['wasted_writes'] / max(1, f['kills']):.1f} per kill)"
     )
+    if args.stages:
+        print(
+            f"segment units {f['segment_units']} (planned {f['planned']})  rows {f['segment_rows']}  "
+            f"made twice {f['units_made_twice']}  duplicate rows {f['duplicate_rows']}  "
+            f"rows without image {f['rows_without_image']}  images without unit {f['images_without_unit']}  "
+            f"undecodable masks {f['undecodable_masks']}  parts {f['segment_parts']}"
+        )
     print("OK" if f["ok"] else "FAILED")
     return 0 if f["ok"] else 1
 

@@ -53,6 +53,16 @@ def connect(catalog: Catalog) -> Any:
 
             table = table.filter(pc.is_in(table.column("fingerprint"), value_set=live))
         con.register(f"{stage}_arrow", table)
+        if stage == "segment" and {"segment_fingerprint", "run_id", "instance"} <= set(table.column_names):
+            # A crash between a compaction's write and its clean-up leaves a part's rows twice.
+            con.execute(
+                "CREATE VIEW segment AS SELECT * FROM segment_arrow QUALIFY row_number() OVER "
+                "(PARTITION BY segment_fingerprint, run_id, instance) = 1"
+            )
+            # The two kinds of rows the stage records, by the names users look for.
+            con.execute("CREATE VIEW detections AS SELECT * FROM segment WHERE instance IS NOT NULL")
+            con.execute("CREATE VIEW masks AS SELECT * FROM segment WHERE kept")
+            continue
         con.execute(f'CREATE VIEW "{stage}" AS SELECT * FROM "{stage}_arrow"')
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
@@ -86,4 +96,6 @@ def run_query(catalog: Catalog, sql: str) -> pa.Table:
 
 
 def tables(catalog: Catalog) -> list[str]:
-    return ["images", "runs", "removed", *catalog.stages()]
+    stages = catalog.stages()
+    views = ["detections", "masks"] if "segment" in stages else []
+    return ["images", "runs", "removed", *stages, *views]

@@ -120,6 +120,7 @@ def run_segment(stage: SegmentPlan, context: StageContext, segmenter: Any = None
 
     t0 = time.perf_counter()
     catalog = context.catalog
+    tidy_stage(catalog, context.run_id)
     paths = _image_paths(catalog)
     ready = [u for u in stage.create if u.image_fingerprint in paths]
     waiting = len(stage.create) - len(ready)
@@ -174,6 +175,20 @@ def run_segment(stage: SegmentPlan, context: StageContext, segmenter: Any = None
     return StageOutcome(
         SEGMENT_STAGE, made, failed, waiting, time.perf_counter() - t0, interrupted=interrupted, events=tuple(events)
     )
+
+
+def tidy_stage(catalog: Catalog, current_run: str) -> None:
+    """Merge each earlier run's parts (a killed run never compacted its own)."""
+    from diffspec.catalog.recorder import run_of
+
+    counts: dict[str, int] = {}
+    for part in catalog.parts(SEGMENT_STAGE):
+        run = run_of(part)
+        if run != current_run and not part.name.endswith("-all.parquet"):
+            counts[run] = counts.get(run, 0) + 1
+    for run, count in sorted(counts.items()):
+        if count > 1:
+            compact_stage(catalog, run)
 
 
 def compact_stage(catalog: Catalog, run_id: str) -> None:

@@ -46,3 +46,29 @@ def test_apply_survives_sigkill_at_random_moments(tmp_path: Path, monkeypatch) -
     assert f["image_writes"] <= f["write_bound"]
     assert f["left_to_make"] == 0
     assert f["ok"]
+
+
+def test_apply_with_the_segment_stage_survives_sigkill_in_the_stage(tmp_path: Path, monkeypatch) -> None:
+    """Kills land in the image phase, in start-up and while the segment stage records its
+    batches: every image ends with its segment unit once, made by one run, every row whole."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    drill = _drill_module()
+    f = drill.run_drill(
+        tmp_path / "drill",
+        units=60,
+        kills=4,
+        batch=4,
+        size=32,
+        steps=2,
+        seed=2,
+        after_write=(0.0, 0.8),
+        model=tiny_sd(),
+        verbose=True,
+        stages=True,
+    )
+    print(f"\nkill drill with stages: {f['kills']} kills, {f['segment_units']} segment units, {f['seconds']}s")
+    assert f["kills"] >= 2
+    assert f["segment_units"] == f["planned"] and f["images_without_unit"] == 0
+    assert f["units_made_twice"] == 0 and f["duplicate_rows"] == 0
+    assert f["rows_without_image"] == 0 and f["undecodable_masks"] == 0
+    assert f["ok"]

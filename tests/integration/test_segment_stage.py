@@ -104,6 +104,11 @@ def test_apply_records_masks_then_a_second_apply_makes_nothing(applied: Path) ->
         back = polygons_to_mask([np.array(m["polygon"]).reshape(-1, 2)], m["height"], m["width"])
         assert (back & mask).sum() > 0  # the outline is the mask's (exact IoU is tested in test_stages_masks)
 
+    views = project.query(
+        "SELECT (SELECT count(*) FROM detections) AS d, (SELECT count(*) FROM masks) AS m"
+    ).to_pylist()[0]
+    assert views == {"d": rows["detections"], "m": rows["kept"]}
+
     again = project.plan()
     assert not again.has_changes and again.stages[0].total_create == 0 and again.stages[0].total_keep == 7
     second = project.apply(progress=False)
