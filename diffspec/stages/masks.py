@@ -201,7 +201,7 @@ def rle_encode(mask: np.ndarray) -> Rle:
     runs = np.diff(bounds).tolist()
     if flat[0] == 1:
         runs = [0] + runs
-    return Rle((h, w), tuple(int(r) for r in runs))
+    return Rle((h, w), tuple(runs))  # already Python ints (tolist)
 
 
 def rle_decode(rle: Rle) -> np.ndarray:
@@ -222,22 +222,29 @@ def rle_area(rle: Rle) -> int:
 
 
 def rle_to_string(rle: Rle) -> str:
-    """COCO's compressed counts string (``pycocotools`` ``rleToString``)."""
-    out = []
-    counts = list(rle.counts)
-    for i, value in enumerate(counts):
-        x = int(value)
-        if i > 2:
-            x -= int(counts[i - 2])  # deltas against the run two back, like COCO
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
+    """COCO's compressed counts string (``pycocotools`` ``rleToString``).
+
+    Each count (after the third, as the delta against the count two back) is written in 5-bit
+    groups, low first, a continuation bit 0x20 on all but the last, offset by 48. Done for all
+    counts at once, a group index at a time (a mask has thousands of runs; a Python loop over
+    them was most of the segment stage's own cost)."""
+    counts = np.asarray(rle.counts, dtype=np.int64)
+    if counts.size == 0:
+        return ""
+    x = counts.copy()
+    x[3:] -= counts[1:-2]  # deltas against the run two back, like COCO
+    groups: list[np.ndarray] = []
+    written: list[np.ndarray] = []
+    active = np.ones(x.size, dtype=bool)
+    while active.any():
+        c = x & 0x1F
+        x = x >> 5  # arithmetic shift: a negative delta ends at -1
+        more = np.where((c & 0x10) != 0, x != -1, x != 0) & active
+        groups.append(np.where(more, c | 0x20, c) + 48)
+        written.append(active)
+        active = more
+    chars = np.stack(groups, axis=1)[np.stack(written, axis=1)]  # row-major: count by count
+    return chars.astype(np.uint8).tobytes().decode("ascii")
 
 
 def rle_from_string(text: str, size: tuple[int, int]) -> Rle:

@@ -199,3 +199,49 @@ def test_plan_json_of_a_spec_without_stages_has_no_stages_key(tmp_path: Path, ti
     from diffspec.plan.render import render_json
 
     assert "stages" not in json.loads(render_json(Project(spec).plan()))
+
+
+def test_the_shipped_fruit_spec_end_to_end_on_tiny_models(tmp_path: Path, tiny_dino, tiny_sam) -> None:  # noqa: F811
+    """specs/fruit.yaml as shipped, its models swapped for tiny ones (FLUX for the embedded digits
+    model, the hub detector and segmenter for tiny folders), through its `preview` profile."""
+    sv = pytest.importorskip("supervision")
+    repo = Path(__file__).resolve().parents[2]
+    text = (repo / "specs" / "fruit.yaml").read_text()
+    swaps = {
+        "source: black-forest-labs/FLUX.1-dev": 'source: "builtin:digits"',
+        "    dtype: bfloat16\n": "",
+        "scheduler: flow_euler": "scheduler: ddim",
+        "size: [1024, 1024]": "size: [32, 32]",
+        "steps: 28": "steps: 2",
+        "defaults: {size: [512, 512], steps: 12}": "defaults: {size: [32, 32], steps: 2}",
+        "budget: {vram_gb: 80, devices: auto, max_batch: 4}": "budget: {devices: cpu, max_batch: 8}",
+        "detector: IDEA-Research/grounding-dino-base": f"detector: {tiny_dino}",
+        "segmenter: facebook/sam-vit-base": f"segmenter: {tiny_sam}",
+        "min_area: 0.002": "min_area: 0.0",
+    }
+    for old, new in swaps.items():
+        assert old in text, old  # the shipped spec still says what this test swaps
+        text = text.replace(old, new)
+    spec = tmp_path / "specs" / "fruit.yaml"
+    spec.parent.mkdir()
+    spec.write_text(text)
+    project = Project(spec, profile="preview")
+    plan = project.plan()
+    assert plan.total_create == 120 and plan.stages[0].total_create == 120
+    result = project.apply(progress=False)
+    assert result.phase == "finished" and result.stages["run"]["segment"]["made"] == 120
+    assert not project.plan().has_changes
+    dest = tmp_path / "yolo"
+    project.export("yolo", dest)
+    dataset = sv.DetectionDataset.from_yolo(
+        images_directory_path=str(dest / "images" / "train"),
+        annotations_directory_path=str(dest / "labels" / "train"),
+        data_yaml_path=str(dest / "data.yaml"),
+        force_masks=True,
+    )
+    assert len(dataset) == 120 and len(dataset.classes) == 12
+    found = sum(len(d) for _, _, d in dataset)
+    kept = project.query("SELECT count(*) AS n FROM masks").column("n")[0].as_py()
+    assert found == kept > 0
+    for _, _, detections in dataset:
+        assert ((detections.class_id >= 0) & (detections.class_id < 12)).all()
