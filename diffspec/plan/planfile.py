@@ -40,6 +40,7 @@ def plan_file_dict(plan: Plan) -> dict[str, Any]:
         },
         "remove": [r.fingerprint for r in plan.removals],
         "execution": plan.execution.to_dict(),
+        "stage_create": {stage.stage: [u.fingerprint for u in stage.create] for stage in plan.stages},
     }
 
 
@@ -91,4 +92,13 @@ def load_plan(path: Path) -> Plan:
         raise PlanError(
             f"{path} no longer matches what the spec compiles to (diffspec version change?); run `diffspec plan` again"
         )
+    saved_stages = data.get("stage_create", {})
+    for stage in plan.stages:
+        # As for images: only units of this plan may have been made since (a resumed apply).
+        extra = {u.fingerprint for u in stage.create} - set(saved_stages.get(stage.stage, ()))
+        if extra:
+            raise PlanError(
+                f"the {stage.stage} stage of {path} no longer matches the spec and the catalog "
+                f"({len(extra)} units it did not plan); run `diffspec plan` again"
+            )
     return plan

@@ -245,3 +245,16 @@ def test_the_shipped_fruit_spec_end_to_end_on_tiny_models(tmp_path: Path, tiny_d
     assert found == kept > 0
     for _, _, detections in dataset:
         assert ((detections.class_id >= 0) & (detections.class_id < 12)).all()
+
+
+def test_a_saved_plan_runs_its_stage_units(tmp_path: Path, tiny_dino, tiny_sam) -> None:  # noqa: F811
+    from diffspec.plan.planfile import load_plan, save_plan
+
+    spec = _spec(tmp_path, tiny_dino, tiny_sam)
+    project = Project(spec)
+    save_plan(project.plan(), tmp_path / "plan.json")
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    assert len(saved["stage_create"]["segment"]) == 7
+    result = project.apply(load_plan(tmp_path / "plan.json"), progress=False)
+    assert result.stages["run"]["segment"]["made"] == 7
+    assert load_plan(tmp_path / "plan.json").stages[0].total_create == 0  # resumable: nothing left
