@@ -138,6 +138,22 @@ class Project:
             machine=machine,
             stage_runners=stage_runners() if stages else None,
         )
+        if stages and plan.pending_images and result.phase == "finished":
+            # The captions this run made turn its pending image units into concrete ones: plan
+            # again (a pure function of the spec and the catalog) and make them in a second run.
+            again = self.plan(executor=executor, workers=workers, ray_address=ray_address)
+            if again.has_changes:
+                second = apply_plan(
+                    again,
+                    prune=prune,
+                    progress=progress,
+                    console=console,
+                    max_units=max_units,
+                    backend_factory=backend_factory,
+                    machine=machine,
+                    stage_runners=stage_runners(),
+                )
+                result = _chain(result, second, again)
         if stages and not result.interrupted:
             from diffspec.stages.runner import run_stages
 
@@ -230,3 +246,37 @@ def query_output(output: str | Path, sql: str) -> pa.Table:
     from diffspec.catalog.query import run_query
 
     return run_query(Catalog(Path(output)), sql)
+
+
+def _chain(first: ApplyResult, second: ApplyResult, replan: Plan) -> ApplyResult:
+    """One result for an apply that ran twice: the second run made the images of captions the
+    first one wrote (its plan's pending units)."""
+    made = first.made + second.made
+    seconds = first.seconds + second.seconds
+    runs = {**first.stages.get("run", {})}
+    for name, done in second.stages.get("run", {}).items():
+        if name in runs:
+            runs[name] = {
+                k: (runs[name][k] + v if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+                for k, v in done.items()
+            }
+        else:
+            runs[name] = done
+    note = f"re-planned after the captions: {replan.total_create} images from captions to make (run {second.run_id})"
+    return dataclasses.replace(
+        second,
+        planned=first.planned + second.planned,
+        made=made,
+        skipped=first.skipped + second.skipped,
+        adopted=first.adopted + second.adopted,
+        failed=first.failed + second.failed,
+        seconds=seconds,
+        images_per_second=made / seconds if seconds > 0 else 0.0,
+        log=first.log + (note,) + second.log,
+        failures=first.failures + second.failures,
+        per_class={
+            k: first.per_class.get(k, 0) + second.per_class.get(k, 0)
+            for k in set(first.per_class) | set(second.per_class)
+        },
+        stages={"run": runs} if runs else {},
+    )

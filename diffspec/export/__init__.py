@@ -10,6 +10,7 @@ Formats (one small module each):
 - ``hf``: Hugging Face ``datasets`` ImageFolder, ``dest/train/<class>/...`` and ``dest/train/metadata.jsonl``
 - ``csv``: one CSV of absolute image paths and provenance (``dest`` is the file)
 - ``yolo``: ``images/``, ``labels/``, ``data.yaml`` and ``classes.txt`` from the segment stage's output
+- ``captions``: ``images/`` and ``synthetic_captions.csv`` (image file, caption) from the captions stage
 
 Images the spec no longer asks for are left out, and so are images a filter rejected unless
 ``include_rejected``. See :mod:`diffspec.export.common` for how files are written.
@@ -32,6 +33,7 @@ WRITERS = {
     "yolo": "diffspec.export.yolo",
     "hf": "diffspec.export.hf",
     "csv": "diffspec.export.csvfile",
+    "captions": "diffspec.export.captions",
 }
 FORMATS = tuple(WRITERS)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from diffspec.tables.families import guidance_applies, resolve_family
 from diffspec.tables.schedulers import scheduler_entry
 
 MAX_VARIANTS = 200_000
+CAPTION_VAR = "caption"  # a class prompt's placeholder for the captions stage's texts
 MAX_COMBINATIONS = 10_000_000  # variants x input images: the assignment scores each one per round
 
 
@@ -322,9 +323,25 @@ def _hasher(state: Any, tail: bytes) -> Any:
     return fingerprint
 
 
-def compile_spec(loaded: LoadedSpec) -> dict[str, ClassUnits]:
-    """Every class's units, classes in name order (the order dedup ownership follows)."""
+def compile_spec(
+    loaded: LoadedSpec,
+    captions: Mapping[str, tuple[str, ...]] | None = None,
+    pending: Collection[str] = (),
+) -> dict[str, ClassUnits]:
+    """Every class's units, classes in name order (the order dedup ownership follows).
+
+    ``captions`` gives the ``{caption}`` values of the classes whose prompts use them (made by
+    the captions stage); a class in ``pending`` still waits for its captions and has no units
+    yet (its pipeline is still planned, so the plan's execution decisions cover it)."""
     models: dict[str, ModelRef] = {}
-    compiled = {name: compile_class(loaded, loaded.classes[name], models) for name in sorted(loaded.classes)}
+    compiled = {}
+    for name in sorted(loaded.classes):
+        cls = loaded.classes[name]
+        uses_captions = any(CAPTION_VAR in (m.group(1) for m in PLACEHOLDER.finditer(t)) for t in cls.templates)
+        if name in pending or (uses_captions and (captions is None or name not in captions)):
+            cls = replace(cls, target=0, seeds=None, variables={**cls.variables, CAPTION_VAR: ("",)})
+        elif captions is not None and name in captions:
+            cls = replace(cls, variables={**cls.variables, CAPTION_VAR: captions[name]})
+        compiled[name] = compile_class(loaded, cls, models)
     default_cache().flush()  # content hashes of local files, for the next plan (diffspec/content.py)
     return compiled

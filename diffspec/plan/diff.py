@@ -21,7 +21,7 @@ from diffspec.catalog.store import Catalog, CatalogIndex
 from diffspec.plan.compile import ClassUnits, compile_spec
 from diffspec.plan.estimate import MemoryPlan, seconds_per_image
 from diffspec.plan.execution import BudgetInputs, ExecutionPlan, plan_execution
-from diffspec.plan.stages import SegmentPlan, plan_segment
+from diffspec.plan.stages import CaptionsPlan, SegmentPlan, plan_captions, plan_segment, with_caption_estimates
 from diffspec.plan.unit import WorkUnit
 from diffspec.spec.loader import LoadedSpec
 
@@ -46,6 +46,7 @@ class ClassPlan:
     memory: MemoryPlan
     existing: int | None = None
     fill_to: int | None = None
+    pending: int = 0  # image units that wait for this class's captions (planned once they exist)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class Plan:
     create_index: dict[str, np.ndarray] = field(repr=False)  # per class: unit positions to make
     owners: dict[str, tuple[str, ...]] = field(repr=False, default_factory=dict)  # fp -> classes, dedup only
     # Post-generation stages, in the order apply runs them (after the images they read).
-    stages: tuple[SegmentPlan, ...] = ()
+    stages: tuple[CaptionsPlan | SegmentPlan, ...] = ()
 
     @property
     def total_create(self) -> int:
@@ -90,12 +91,16 @@ class Plan:
         return sum(c.est_seconds for c in self.classes)
 
     @property
+    def pending_images(self) -> int:
+        return sum(c.pending for c in self.classes)
+
+    @property
     def total_stage_create(self) -> int:
         return sum(s.total_create for s in self.stages)
 
     @property
     def has_changes(self) -> bool:
-        return self.total_create > 0 or self.total_remove > 0 or self.total_stage_create > 0
+        return self.total_create > 0 or self.total_remove > 0 or self.total_stage_create > 0 or self.pending_images > 0
 
     def units_to_create(self) -> Iterator[WorkUnit]:
         for name, positions in self.create_index.items():
@@ -171,7 +176,9 @@ def _build_plan(
     import pyarrow as pa
 
     catalog = catalog or Catalog(loaded.output)
-    compiled = compile_spec(loaded)
+    captions_plan, caption_texts = plan_captions(loaded, catalog)
+    pending = set(captions_plan.pending_classes) if captions_plan is not None else set()
+    compiled = compile_spec(loaded, caption_texts, pending)
     index = (
         catalog.index()
         if catalog.exists()
@@ -280,6 +287,7 @@ def _build_plan(
                 memory=memory,
                 existing=cls.existing_count,
                 fill_to=cls.fill_to,
+                pending=cls.target if name in pending else 0,
             )
         )
     paths = index.paths_of(gone)
@@ -309,7 +317,9 @@ def _build_plan(
     # Show classes in the order the spec lists them (ownership above follows names, not this).
     order = {name: i for i, name in enumerate(loaded.classes)}
     classes.sort(key=lambda c: order.get(c.name, len(order)))
-    stages: tuple[SegmentPlan, ...] = ()
+    stages: tuple[CaptionsPlan | SegmentPlan, ...] = ()
+    if captions_plan is not None:
+        stages += (with_caption_estimates(captions_plan, execution.device_kind),)
     if loaded.spec.stages.segment is not None:
         owned = []
         for name in sorted(names, key=lambda n: order.get(n, len(order))):
@@ -321,7 +331,7 @@ def _build_plan(
                 (name, compiled[name].label, [fps[i] for i in positions.tolist()], missing_all[lo:hi][positions])
             )
         segment = plan_segment(loaded, owned, catalog, execution.device_kind)
-        stages = (segment,) if segment is not None else ()
+        stages += (segment,) if segment is not None else ()
     return Plan(
         dataset=loaded.spec.dataset,
         spec_path=str(loaded.path),

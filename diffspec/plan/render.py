@@ -39,6 +39,7 @@ def _class_dict(c: ClassPlan) -> dict[str, Any]:
         "shared": c.shared,
         "estimated_seconds": round(c.est_seconds, 1),
         "estimate_source": c.estimate_source,
+        **({"pending": c.pending} if c.pending else {}),
         "memory": {
             "device": c.memory.device,
             "budget_gb": round(c.memory.budget_gb, 2),
@@ -87,7 +88,7 @@ def _rows(plan: Plan) -> list[list[str]]:
                 f"{c.size[0]}x{c.size[1]}" if c.size[0] else "-",
                 str(c.steps) if c.steps else "-",
                 str(c.target) + (f" (fill to {c.fill_to}, {c.existing} exist)" if c.fill_to is not None else ""),
-                f"+{c.create}" if c.create else "0",
+                (f"+{c.create}" if c.create else "0") + (f" ({c.pending} pending)" if c.pending else ""),
                 str(c.keep),
                 f"-{c.remove}" if c.remove else "0",
                 format_duration(c.est_seconds),
@@ -122,10 +123,7 @@ def stage_lines(plan: Plan) -> list[str]:
     """One line per stage: its models and what it will make."""
     lines = []
     for stage in plan.stages:
-        line = (
-            f"Stage {stage.stage}: {stage.total_create} to create, {stage.total_keep} to keep "
-            f"(detector {stage.detector.source}, segmenter {stage.segmenter.source}, batch {stage.batch_size})"
-        )
+        line = f"Stage {stage.stage}: {stage.total_create} to create, {stage.total_keep} to keep ({stage.describe()})"
         if stage.superseded:
             line += f"; {stage.superseded} earlier results no longer match the spec and are not read"
         lines.append(line + ".")
@@ -138,6 +136,8 @@ def summary_line(plan: Plan) -> str:
     parts = [f"{plan.total_create} to create", f"{plan.total_keep} to keep", f"{plan.total_remove} to remove"]
     if plan.stages:
         parts.append(f"{plan.total_stage_create} stage units to run")
+    if plan.pending_images:
+        parts.append(f"{plan.pending_images} images pending on captions")
     seconds = plan.total_seconds + sum(stage.total_seconds for stage in plan.stages)
     line = "Plan: " + ", ".join(parts) + f"; estimated {format_duration(seconds)}."
     if plan.total_remove:

@@ -16,9 +16,10 @@ catalog, superseded: readers take each image's latest run.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,9 @@ class SegmentPlan:
     @property
     def total_seconds(self) -> float:
         return sum(c.est_seconds for c in self.classes)
+
+    def describe(self) -> str:
+        return f"detector {self.detector.source}, segmenter {self.segmenter.source}, batch {self.batch_size}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -218,3 +222,161 @@ def count_by_class(units: Iterable[SegmentUnit]) -> Counter[str]:
 
 def shown_source(ref: HFModelRef) -> str:
     return Path(ref.source).name if ref.content is not None else ref.source
+
+
+# --------------------------------------------------------------------------- captions
+
+CAPTIONS_STAGE = "captions"  # the stage and its catalog table (catalog/stages/captions/)
+# Seconds per caption when the catalog has no record yet (gemma-3-1b-it, 64 new tokens).
+_CAPTION_SECONDS = {"cuda": 0.5, "cpu": 6.0}
+
+
+@dataclass(frozen=True, slots=True)
+class CaptionUnit:
+    fingerprint: str
+    class_name: str
+    source_text: str
+    variation: int
+    seed: int
+
+
+@dataclass(frozen=True, eq=False)
+class CaptionsPlan:
+    """The captions stage's part of a plan. Classes whose prompts use ``{caption}`` make their
+    images from these captions: while any of a class's captions is missing, its image units are
+    pending (planned, with their fingerprints, once the captions exist)."""
+
+    model: HFModelRef
+    params: Any  # CaptionParams
+    variations: int
+    batch_size: int
+    classes: tuple[StageClassPlan, ...]
+    create: tuple[CaptionUnit, ...]
+    superseded: int
+    pending_classes: tuple[str, ...]  # classes whose images wait for captions
+
+    stage = CAPTIONS_STAGE
+
+    @property
+    def total_create(self) -> int:
+        return len(self.create)
+
+    @property
+    def total_keep(self) -> int:
+        return sum(c.keep for c in self.classes)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(c.est_seconds for c in self.classes)
+
+    def describe(self) -> str:
+        text = f"model {self.model.source}, {self.variations} per source text, batch {self.batch_size}"
+        if self.pending_classes:
+            text += f"; the images of {', '.join(self.pending_classes)} are planned once their captions exist"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "model": self.model.identity(),
+            "params": {**self.params.identity(), "base_seed": self.params.base_seed},
+            "variations": self.variations,
+            "batch_size": self.batch_size,
+            "create": self.total_create,
+            "keep": self.total_keep,
+            "superseded": self.superseded,
+            "pending_classes": list(self.pending_classes),
+            "est_seconds": round(self.total_seconds, 3),
+            "classes": [c.to_dict() for c in self.classes],
+        }
+
+
+_WEIGHTING_CHARS = re.compile(r"([\\()\[\]])")
+
+
+def literal_prompt_text(text: str) -> str:
+    """``text`` with the prompt-weighting characters escaped, so it reads as it is written."""
+    return _WEIGHTING_CHARS.sub(r"\\\1", text)
+
+
+def caption_classes(loaded: LoadedSpec) -> list[str]:
+    """Classes whose prompt templates use {caption}, in spec order."""
+    return [
+        name
+        for name, cls in loaded.classes.items()
+        if any("caption" in (m.group(1) for m in PLACEHOLDER.finditer(t)) for t in cls.templates)
+    ]
+
+
+def recorded_captions(catalog: Catalog) -> dict[str, str]:
+    """Caption fingerprint -> caption text, of every caption the catalog holds (first row wins)."""
+    if not catalog.exists() or not catalog.parts(CAPTIONS_STAGE):
+        return {}
+    table = catalog.read_table(CAPTIONS_STAGE, ["caption_fingerprint", "text"])
+    out: dict[str, str] = {}
+    for fp, text in zip(table.column("caption_fingerprint").to_pylist(), table.column("text").to_pylist()):
+        out.setdefault(fp, text)
+    return out
+
+
+def with_caption_estimates(plan: CaptionsPlan, device_kind: str) -> CaptionsPlan:
+    """The plan's time estimates for the device the execution decided on."""
+    per_caption = _CAPTION_SECONDS.get(device_kind, _CAPTION_SECONDS["cpu"])
+    classes = tuple(replace(c, est_seconds=c.create * per_caption) for c in plan.classes)
+    return replace(plan, classes=classes)
+
+
+def plan_captions(loaded: LoadedSpec, catalog: Catalog) -> tuple[CaptionsPlan | None, dict[str, tuple[str, ...]]]:
+    """The captions stage's units, and per class using {caption} the caption texts when all
+    of them exist (a class missing any is pending)."""
+    from diffspec.plan.caption_identity import CaptionParams, caption_fingerprint, caption_seed, text_fingerprint
+
+    stage = loaded.spec.stages.captions
+    if stage is None:
+        return None, {}
+    model = stage_model_ref(loaded, stage.model, stage.revision, stage.dtype, stage.trust_remote_code)
+    params = CaptionParams(
+        stage.instruction, stage.temperature, stage.top_p, stage.top_k, stage.max_new_tokens, stage.seed
+    )
+    recorded = recorded_captions(catalog)
+    planned: set[str] = set()
+    create: list[CaptionUnit] = []
+    classes: list[StageClassPlan] = []
+    ready: dict[str, tuple[str, ...]] = {}
+    pending: list[str] = []
+    for name in caption_classes(loaded):
+        cls = loaded.classes[name]
+        text = segment_text(stage.text, name, cls.label)
+        source_fp = text_fingerprint(text)
+        made_here = keep = 0
+        texts: list[str] = []
+        for v in range(stage.variations):
+            seed = caption_seed(params.base_seed, text, v)
+            fp = caption_fingerprint(model, params, seed, source_fp)
+            if fp in recorded:
+                texts.append(recorded[fp])
+                if fp not in planned:
+                    keep += 1
+            elif fp not in planned:
+                create.append(CaptionUnit(fp, name, text, v, seed))
+                made_here += 1
+            planned.add(fp)
+        if len(texts) == stage.variations:
+            # Empty replies (a model that said nothing usable) are dropped: no blank prompt. A
+            # model's brackets are words, not prompt weighting: escaped as literal (\( \)).
+            ready[name] = tuple(literal_prompt_text(t) for t in texts if t.strip())
+        else:
+            pending.append(name)
+        classes.append(StageClassPlan(CAPTIONS_STAGE, name, made_here, keep, 0, 0.0, "table"))
+    batch = stage.batch_size or loaded.spec.budget.max_batch
+    plan = CaptionsPlan(
+        model,
+        params,
+        stage.variations,
+        int(batch),
+        tuple(classes),
+        tuple(create),
+        len(set(recorded) - planned),
+        tuple(pending),
+    )
+    return plan, ready

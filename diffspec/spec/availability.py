@@ -13,9 +13,7 @@ from diffspec.spec.model import Spec
 from diffspec.spec.yamlio import Positions
 
 NEXT_RELEASE = "0.2"
-_NOT_YET = {
-    "captions": "caption variations from a language model",
-}
+_NOT_YET: dict[str, str] = {}
 _FILTERS_NOT_YET = {"clip_score": "the CLIP image-prompt score filter"}
 
 

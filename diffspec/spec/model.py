@@ -273,14 +273,31 @@ class Budget(StrictModel):
 
 
 class CaptionsStage(StrictModel):
-    model: str = Field(description="A causal language model (hub id or folder).")
-    revision: str | None = None
-    variations: Annotated[int, Field(ge=1, le=32)] = 3
-    instruction: str = "Write {n} different short photo captions of {class}. One per line."
-    max_new_tokens: Annotated[int, Field(ge=1, le=2048)] = 128
-    temperature: Annotated[float, Field(ge=0.0, le=5.0)] = 0.8
-    seed: int = 0
+    """Caption variations from a causal language model, one generation per variation; a class
+    prompt that uses ``{caption}`` makes its images from them."""
+
+    model: str = Field("google/gemma-3-1b-it", description="A causal language model (hub id or folder).")
+    revision: str | None = Field(None, description="Hub revision of the model (not for folders).")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: float16 on CUDA, float32 on CPU."
+    )
     trust_remote_code: bool = False
+    text: str = Field("{class}", description="The source text per class: {class} and {label} are filled in.")
+    variations: Annotated[int, Field(ge=1, le=32)] = Field(3, description="Captions per source text.")
+    instruction: str = Field(
+        'Write one new caption for a photo of this dish or drink: "{text}". '
+        "Stay faithful to the original concept, but vary the ingredients, the style or the preparation. "
+        "Answer with the caption only, in one sentence.",
+        description="The request to the model; {text} is the source text.",
+    )
+    max_new_tokens: Annotated[int, Field(ge=1, le=2048)] = 64
+    temperature: Annotated[float, Field(ge=0.0, le=5.0)] = Field(0.8, description="0: greedy.")
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    top_k: Annotated[int, Field(ge=0, le=10_000)] = Field(0, description="0: off.")
+    seed: int = Field(0, description="Base seed; each caption's seed comes from its text and variation.")
+    batch_size: Annotated[int, Field(ge=1, le=256)] | None = Field(
+        None, description="Captions per generate call; default from the budget's max_batch."
+    )
 
 
 class SegmentStage(StrictModel):

@@ -13,10 +13,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from diffspec.errors import GenerationError, Problem
+from diffspec.errors import GenerationError, Problem, StageError
 from diffspec.spec import paths
 from diffspec.spec.availability import check_available
 from diffspec.spec.errors_map import _message
+from diffspec.spec.instruction import render_instruction
 from diffspec.spec.model import PARAM_NAMES, ClassSpec, Defaults, GenParams, Spec
 from diffspec.spec.resolved import ResolvedClass, ResolvedParams
 from diffspec.spec.sources import (
@@ -122,6 +123,56 @@ def check_models(spec: Spec, root: Path, positions: Positions, problems: list[Pr
 
 
 SEGMENT_TEXT_VARS = ("class", "label")
+#: A class prompt's placeholder for its captions (made by the captions stage before its images).
+CAPTION_VAR = "caption"
+
+
+def check_captions_stage(spec: Spec, root: Path, positions: Positions, problems: list[Problem]) -> None:
+    """The captions stage's text names only the class; its instruction has {text}; a local
+    folder has no revision."""
+    stage = spec.stages.captions
+    if stage is None:
+        return
+    where: PathT = ("stages", "captions")
+    for var in placeholders(stage.text):
+        if var not in SEGMENT_TEXT_VARS:
+            problems.append(
+                Problem(
+                    positions.at(where + ("text",)),
+                    f"captions `text` uses {{{var}}}; it can use {{class}} and {{label}} only",
+                )
+            )
+    try:
+        render_instruction(stage.instruction, "x")
+    except StageError as exc:
+        problems.append(Problem(positions.at(where + ("instruction",)), str(exc)))
+    if stage.revision is not None and (folder := local_folder(stage.model, root)) is not None:
+        problems.append(
+            Problem(
+                positions.at(where + ("revision",)),
+                f"captions `revision` applies to hub ids only, and {stage.model!r} is a local folder "
+                f"({shown_path(folder)}), which is identified by its content; remove it",
+            )
+        )
+    users = [n for n, c in spec.classes.items() if any(CAPTION_VAR in placeholders(t) for t in _templates(c))]
+    template = spec.classes_from.template if spec.classes_from is not None else None
+    if template is not None and any(CAPTION_VAR in placeholders(t) for t in _templates(template)):
+        users.append("classes_from")
+    if not users:
+        problems.append(
+            Problem(
+                positions.at(where),
+                "the captions stage makes captions no class uses: put {caption} in a class prompt "
+                "(an image per caption), or remove the stage",
+            )
+        )
+
+
+def _templates(cls: Any) -> list[str]:
+    prompt = cls.get("prompt") if isinstance(cls, dict) else getattr(cls, "prompt", None)
+    if prompt is None:
+        return []
+    return [prompt] if isinstance(prompt, str) else list(prompt)
 
 
 def check_segment_stage(spec: Spec, root: Path, positions: Positions, problems: list[Problem]) -> None:
@@ -160,7 +211,15 @@ def check_templates(
     for i, template in enumerate(templates):
         tpath = cpath + ("prompt",) + ((i,) if not isinstance(cls.prompt, str) else ())
         for var in placeholders(template):
-            if var not in known:
+            if var == CAPTION_VAR and var not in known:
+                problems.append(
+                    Problem(
+                        positions.at(tpath),
+                        f"prompt of class {name!r} uses {{caption}}, which needs the captions stage: "
+                        "add `stages: {captions: {...}}` (docs/stages.md)",
+                    )
+                )
+            elif var not in known:
                 problems.append(
                     Problem(
                         positions.at(tpath),
@@ -238,6 +297,7 @@ def resolve(
     hashes: dict[str, str] = {}
     check_models(spec, root, positions, problems)
     check_segment_stage(spec, root, positions, problems)
+    check_captions_stage(spec, root, positions, problems)
     check_available(spec, positions, problems)
     global_vars: dict[str, tuple[str, ...]] = {}
     for var, values in spec.vars.items():
@@ -266,7 +326,8 @@ def resolve(
                     )
                 )
             variables[var] = values_of(values, root, positions.at(cpath + ("vars", var)), problems)
-        check_templates(name, cls, set(variables) | set(BUILTIN_VARS), cpath, positions, problems)
+        caption_var = {CAPTION_VAR} if spec.stages.captions is not None else set()
+        check_templates(name, cls, set(variables) | set(BUILTIN_VARS) | caption_var, cpath, positions, problems)
         model_name = _class_model(spec, cls, cpath, positions, problems, broken_models)
         params = resolve_params(spec, cls, model_name) if model_name else None
         model_params: dict[str, ResolvedParams] = {}

@@ -6,6 +6,7 @@ from diffspec.run.stage_phase import StageRunner
 
 
 def stage_runners() -> dict[str, StageRunner]:
+    from diffspec.stages.captions_stage import run_captions
     from diffspec.stages.segment_stage import run_segment
 
-    return {"segment": run_segment}
+    return {"captions": run_captions, "segment": run_segment}

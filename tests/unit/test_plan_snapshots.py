@@ -52,7 +52,8 @@ def test_rendered_plan_of_shipped_spec(specs_copy: Path, snapshot, spec: str, pr
     loaded = load_spec(f"specs/{spec}", profile=profile)
     plan = build_plan(loaded)
     assert not (specs_copy.parent / "data").exists() or not any((specs_copy.parent / "data").rglob("*.parquet"))
-    assert plan.total_keep == 0 and plan.total_remove == 0 and plan.total_create > 0
+    assert plan.total_keep == 0 and plan.total_remove == 0
+    assert plan.total_create > 0 or plan.pending_images > 0  # food-captions: images wait for captions
     text, as_json, markdown = _text(plan), render_json(plan), render_markdown(plan)
     for rendered in (text, as_json, markdown):
         assert str(specs_copy.parent) not in rendered, "a machine path leaked into the rendered plan"

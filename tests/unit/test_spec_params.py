@@ -254,7 +254,6 @@ def test_a_spec_that_cannot_be_set_aside_safely_reports_the_schema_problems_only
 @pytest.mark.parametrize(
     ("stages", "key", "line"),
     [
-        ("stages:\n  captions: {model: google/gemma-3-1b-it}\n", "stages.captions", 2),
         (
             "stages:\n  filters:\n    - near_duplicate: {max_hamming: 4}\n    - clip_score: {min: 0.2}\n",
             "clip_score",
