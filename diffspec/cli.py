@@ -390,7 +390,7 @@ def report(
 def export_cmd(
     spec: Annotated[Path, typer.Argument(help="Spec file.")],
     dest: Annotated[Path, typer.Argument(help="Destination folder (or file for csv).")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="imagefolder, yolo, hf or csv.")] = "imagefolder",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="imagefolder, yolo, hf, csv or captions.")] = "imagefolder",
     profile: ProfileOpt = None,
     link: Annotated[
         bool, typer.Option("--link/--copy", help="Hard-link images instead of copying when possible.")
