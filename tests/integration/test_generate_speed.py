@@ -196,6 +196,16 @@ def test_an_attention_backend_not_installed_here_is_a_generation_error(tiny_mode
         Backend(_flux(tiny_model, _speed(attention="xformers")))
 
 
+def test_inductor_without_a_cpu_compiler_is_a_generation_error_at_load(tiny_model, monkeypatch) -> None:
+    import shutil
+
+    from diffspec.generate.backend import Backend
+
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    with pytest.raises(GenerationError, match=r"model 'tiny-flux': speed\.compile: .*needs a C\+\+ compiler"):
+        Backend(_flux(tiny_model, _speed(compile=True)))
+
+
 def test_options_a_unet_model_cannot_take_are_generation_errors_from_the_python_api(tiny_model) -> None:
     """The spec refuses these at validate time; a hand-built ModelRef gets the same message."""
     from diffspec.generate.backend import Backend
