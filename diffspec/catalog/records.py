@@ -76,6 +76,7 @@ class RunRecord:
     host: str
     pid: int
     log: str  # JSON list of the run's events
+    speed: str = "{}"  # JSON object: each model's speed options (models.<m>.speed) that the run used
 
 
 _IMAGE_FIELDS = tuple(f.name for f in fields(ImageRecord))

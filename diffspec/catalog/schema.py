@@ -77,6 +77,9 @@ RUNS = pa.schema(
         ("host", pa.string()),
         ("pid", pa.int64()),
         ("log", pa.string()),  # JSON list of what the run did about memory, retries, workers
+        # JSON {model name: speed options}: the options that change no pixels (compile, channels-last,
+        # exact attention backends) are recorded here, not in fingerprints; null in older parts
+        ("speed", pa.string()),
     ]
 )
 

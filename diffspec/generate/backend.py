@@ -34,9 +34,10 @@ import torch
 from diffspec.errors import GenerationError
 from diffspec.generate.control import control_image, load_mask, load_rgb
 from diffspec.generate.loading import load_pipeline, resolve_family
-from diffspec.generate.memory import apply_strategy
+from diffspec.generate.memory import apply_strategy, is_out_of_memory
 from diffspec.generate.prompts import has_weighting, is_weighted, parse_a1111, plain_text, unescape
 from diffspec.generate.schedulers import make_scheduler
+from diffspec.generate.speed import SpeedRuntime
 from diffspec.plan.unit import ModelRef, PipelineKey, WorkUnit
 from diffspec.tables.families import (
     KANDINSKY_PRIOR_GUIDANCE,
@@ -58,6 +59,12 @@ class GeneratedImage:
     fingerprint: str
     image: PIL.Image.Image
     seconds: float  # wall time of the pipeline call divided by the batch size
+
+
+def _is_compile_error(exc: BaseException) -> bool:
+    """An error raised by torch.compile's machinery (dynamo or inductor), known by its module so
+    that torch._dynamo (1.4 s to import) is never imported just to name its exception class."""
+    return any(c.__module__.startswith(("torch._dynamo", "torch._inductor")) for c in type(exc).__mro__)
 
 
 def _as_key(value: PipelineKey | WorkUnit | tuple) -> PipelineKey:
@@ -92,6 +99,8 @@ class Backend:
         self.pipe: Any = load_pipeline(key, device=device, dtype=dtype, place=False)
         self.strategy = strategy
         self.memory_effect = apply_strategy(self.pipe, strategy, device)
+        # After placement: channels-last and compile act on the weights where they will run.
+        self.speed = SpeedRuntime(self.pipe, key.model, self.family, self.mode, device)
         base = self.pipe.scheduler
         self._base_scheduler_config = {**dict(base.config), "_class_name": type(base).__name__}
         self._schedulers: dict[tuple[str, tuple], tuple[Any, dict[str, Any]]] = {}
@@ -117,22 +126,11 @@ class Backend:
         if self.pipe is None:
             raise GenerationError("this backend was closed")
         check_size(self.family, key.width, key.height)
-        self._use_scheduler(key)
-        generators = [torch.Generator(device="cpu").manual_seed(int(u.seed)) for u in units]
         start = time.perf_counter()
-        try:
-            with torch.no_grad():
-                if self.family == "kandinsky":
-                    images = self._run_kandinsky(units, key, generators)
-                else:
-                    kwargs = self._call_kwargs(units, key, generators)
-                    with self._deterministic_vae_sampling():
-                        images = self.pipe(**kwargs).images
-        except ValueError as exc:
-            raise GenerationError(
-                f"{type(self.pipe).__name__} rejected the call for model {self.model.name!r} "
-                f"({self.mode}, {key.width}x{key.height}, {key.steps} steps): {exc}"
-            ) from exc
+        # A cache that decides from the whole batch would make an image depend on its batch
+        # mates (tables/speed.py BATCH_COUPLED_CACHES): one image per call keeps it its own.
+        chunks = [[u] for u in units] if self.speed.batch_coupled else [list(units)]
+        images = [image for chunk in chunks for image in self._call(chunk, key)]
         elapsed = time.perf_counter() - start
         if len(images) != len(units):
             raise GenerationError(f"the pipeline returned {len(images)} images for {len(units)} units")
@@ -147,6 +145,33 @@ class Backend:
             GeneratedImage(unit.fingerprint, image if image.mode == "RGB" else image.convert("RGB"), per_image)
             for unit, image in zip(units, images)
         ]
+
+    def _call(self, units: list[WorkUnit], key: PipelineKey) -> list[PIL.Image.Image]:
+        """One pipeline call for ``units``, with a fresh scheduler and a reset step cache."""
+        self._use_scheduler(key)
+        self.speed.before_call(key)
+        generators = [torch.Generator(device="cpu").manual_seed(int(u.seed)) for u in units]
+        try:
+            with torch.no_grad():
+                if self.family == "kandinsky":
+                    return self._run_kandinsky(units, key, generators)
+                kwargs = self._call_kwargs(units, key, generators)
+                with self._deterministic_vae_sampling():
+                    return list(self.pipe(**kwargs).images)
+        except ValueError as exc:
+            raise GenerationError(
+                f"{type(self.pipe).__name__} rejected the call for model {self.model.name!r} "
+                f"({self.mode}, {key.width}x{key.height}, {key.steps} steps): {exc}"
+            ) from exc
+        except Exception as exc:
+            if self.model.speed.compile is None or not _is_compile_error(exc) or is_out_of_memory(exc):
+                raise  # an out-of-memory error must reach the runner as one: it halves the batch
+            # A compile failure surfaces at the first call, deep in torch: name the option.
+            raise GenerationError(
+                f"model {self.model.name!r}: speed.compile: torch.compile failed on the first call "
+                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+                "try `compile: {backend: eager}` to check the graph, or remove `compile`"
+            ) from None
 
     def scheduler_config(self, key: PipelineKey) -> dict[str, Any]:
         """The config (with ``_class_name``) of the scheduler ``key`` runs with."""

@@ -28,10 +28,12 @@ from diffspec.plan.unit import (
     LoraRef,
     ModelRef,
     PipelineKey,
+    SpeedOptions,
     WorkUnit,
     normalize_prompt,
 )
 from diffspec.spec.loader import PLACEHOLDER, LoadedSpec, ResolvedClass, ResolvedParams
+from diffspec.spec.model import SpeedSpec
 from diffspec.tables.families import guidance_applies, resolve_family
 from diffspec.tables.schedulers import scheduler_entry
 
@@ -135,6 +137,25 @@ def model_ref(loaded: LoadedSpec, name: str) -> ModelRef:
         params_b=model.params_b,
         content=content,
         controlnet_content=controlnet_content,
+        speed=speed_options(model.speed),
+    )
+
+
+def _frozen(value: Any) -> Any:
+    """Lists as tuples, so the options hash (ModelRef is a dict key and the load key)."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def speed_options(speed: SpeedSpec) -> SpeedOptions:
+    """`models.<m>.speed` as the planner and the backend read it (every default filled in)."""
+    compiled = speed.compile_options()
+    cache = speed.cache
+    return SpeedOptions(
+        compile=tuple(sorted(compiled.model_dump(mode="json").items())) if compiled is not None else None,
+        channels_last=bool(speed.channels_last),
+        attention=speed.attention,
+        cache=cache.kind if cache is not None else None,
+        cache_params=tuple(sorted((k, _frozen(v)) for k, v in cache.params().items())) if cache is not None else (),
     )
 
 

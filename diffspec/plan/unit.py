@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from diffspec.tables.speed import ATTENTION_BACKENDS
+
 CANONICAL_VERSION = "diffspec-unit/v1"
 _SPACES = re.compile(r"\s+")
 
@@ -58,6 +60,45 @@ class EmbeddingRef:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeedOptions:
+    """A model's speed options (`models.<m>.speed`), resolved. Which of them change pixels is
+    decided here and documented in diffspec/tables/speed.py and docs/determinism.md."""
+
+    compile: tuple[tuple[str, Any], ...] | None = None  # torch.compile options, sorted; None: off
+    channels_last: bool = False
+    attention: str | None = None  # a diffusers attention backend name
+    cache: str | None = None  # our step-cache name (tables/speed.py CACHE_CLASSES)
+    cache_params: tuple[tuple[str, Any], ...] = ()  # sorted; lists as tuples
+
+    def pixel_fields(self) -> dict[str, Any]:
+        """What goes into the fingerprint: a step cache with its parameters, and an attention
+        backend that approximates attention. Empty when neither is set, so a model without speed
+        options keeps the fingerprints it had before speed options existed."""
+        fields: dict[str, Any] = {}
+        if self.cache is not None:
+            fields["cache"] = [self.cache, dict(self.cache_params)]
+        if self.attention is not None and not ATTENTION_BACKENDS.get(self.attention, False):
+            fields["attention"] = self.attention
+        return fields
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option that is set, for the run record and the load event (JSON-ready)."""
+        out: dict[str, Any] = {}
+        if self.compile is not None:
+            out["compile"] = dict(self.compile)
+        if self.channels_last:
+            out["channels_last"] = True
+        if self.attention is not None:
+            out["attention"] = self.attention
+        if self.cache is not None:
+            out["cache"] = {self.cache: {k: list(v) if isinstance(v, tuple) else v for k, v in self.cache_params}}
+        return out
+
+    def __bool__(self) -> bool:
+        return bool(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
 class ModelRef:
     """A model resolved from the spec: everything needed to load it."""
 
@@ -75,12 +116,13 @@ class ModelRef:
     params_b: float | None = None
     content: str | None = None  # sha256 of a local model folder's files; None for a hub id
     controlnet_content: str | None = None  # the same for a local ControlNet folder
+    speed: SpeedOptions = SpeedOptions()
 
     def pixel_fields(self) -> dict[str, Any]:
         """The fields that change pixels (the model's *name* in the spec does not). A local
         folder or file is identified by its content, not its path: replacing a LoRA file at the
         same path re-plans its units, moving the project folder re-plans nothing."""
-        return {
+        fields: dict[str, Any] = {
             "source": f"content:{self.content}" if self.content else self.source,
             "family": self.family,
             "revision": self.revision,
@@ -90,6 +132,10 @@ class ModelRef:
             "loras": [[lora.identity(), lora.weight_name, lora.scale, lora.revision] for lora in self.loras],
             "embeddings": [[e.identity(), e.token, e.weight_name] for e in self.embeddings],
         }
+        speed = self.speed.pixel_fields()
+        if speed:  # only when set: every fingerprint made before speed options stays as it was
+            fields["speed"] = speed
+        return fields
 
 
 @dataclass(frozen=True, slots=True)

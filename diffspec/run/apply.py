@@ -186,7 +186,22 @@ def _run_record(
         host=socket.gethostname(),
         pid=os.getpid(),
         log=json.dumps([e.to_dict() for e in log or []], ensure_ascii=False),
+        speed=json.dumps(speed_record(plan), sort_keys=True),
     )
+
+
+def speed_record(plan: Plan) -> dict[str, dict[str, Any]]:
+    """Each model with speed options that this run makes images with, and its options: the
+    place where options that change no pixels (and so are not in fingerprints) are kept."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, index in plan.create_index.items():
+        if not len(index):
+            continue
+        for variant in plan.units[name].variants:
+            model = variant.key.model
+            if model.speed:
+                out[model.name] = model.speed.to_dict()
+    return out
 
 
 def machine_for_run() -> Machine:

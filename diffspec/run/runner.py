@@ -69,6 +69,13 @@ def _dtype_of(backend: Any) -> str | None:
     return str(dtype).removeprefix("torch.") if dtype is not None else None
 
 
+def _speed_fields(backend: Any) -> dict[str, Any]:
+    """The speed options the backend applied (none: no field, so the log reads as before)."""
+    speed = getattr(backend, "speed", None)
+    applied = speed.describe() if speed is not None else {}
+    return {"speed": applied} if applied else {}
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}"[:500]
@@ -104,6 +111,7 @@ class BatchRunner:
                 worker=self.worker,
                 device=self.device,
                 model=batch.key.model.source,
+                **_speed_fields(self.backend),
             )
         )
         return self.backend

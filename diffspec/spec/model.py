@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from diffspec.tables.schedulers import SCHEDULER_NAMES as _TABLE_NAMES
+from diffspec.tables.speed import ATTENTION_NAMES, CompileBackend, CompileMode
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,127}$"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -139,6 +140,136 @@ class Defaults(GenParams):
 PARAM_NAMES: tuple[str, ...] = tuple(GenParams.model_fields)
 
 
+class CompileSpec(StrictModel):
+    """``torch.compile`` of the denoiser (the UNet or transformer). Changes float rounding only."""
+
+    mode: CompileMode = Field(
+        "default",
+        description="torch.compile mode: `reduce-overhead` adds CUDA graphs on a GPU, `max-autotune` "
+        "searches kernels (long first compile).",
+    )
+    backend: CompileBackend = Field("inductor", description="torch.compile backend.")
+    fullgraph: bool = Field(False, description="Fail instead of splitting the graph at unsupported code.")
+    dynamic: bool | None = Field(
+        None, description="Compile for dynamic shapes (null: PyTorch decides after the first recompile)."
+    )
+    regional: bool = Field(
+        False,
+        description="Compile only the repeated blocks (diffusers' `compile_repeated_blocks`): a much "
+        "shorter first compile for nearly the same speed.",
+    )
+
+
+class FirstBlockCache(StrictModel):
+    """First Block Cache: skip the remaining blocks while the first block's residual barely changes."""
+
+    threshold: Annotated[float, Field(gt=0, le=10)] = Field(
+        0.05, description="Relative change of the first block's residual below which the other blocks are skipped."
+    )
+
+
+class TaylorSeerCache(StrictModel):
+    """TaylorSeer: predict the blocks' outputs from a Taylor series between full steps."""
+
+    cache_interval: Annotated[int, Field(ge=1, le=1000)] = Field(5, description="Steps between full computations.")
+    disable_cache_before_step: Annotated[int, Field(ge=0, le=1000)] = Field(
+        3, description="Steps computed in full before predictions start."
+    )
+    disable_cache_after_step: Annotated[int, Field(ge=0, le=1000)] | None = Field(
+        None, description="Steps from this one on are computed in full."
+    )
+    max_order: Annotated[int, Field(ge=1, le=4)] = Field(1, description="Order of the Taylor expansion.")
+    factors_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "bfloat16", description="dtype of the stored Taylor factors."
+    )
+    lite: bool = Field(False, description="diffusers' low-memory pattern (`use_lite_mode`).")
+
+
+class MagCache(StrictModel):
+    """MagCache: skip blocks while precomputed magnitude ratios say the residual changes little."""
+
+    threshold: Annotated[float, Field(gt=0, le=10)] = Field(0.06, description="Accumulated error budget per skip run.")
+    max_skip_steps: Annotated[int, Field(ge=1, le=1000)] = Field(3, description="Most consecutive skipped steps.")
+    retention_ratio: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.2, description="Share of the first steps that are never skipped."
+    )
+    ratios: Literal["flux"] | list[Annotated[float, Field(gt=0)]] = Field(
+        "flux",
+        description="Magnitude ratios per step: `flux` (diffusers' FLUX_MAG_RATIOS, measured on FLUX.1-dev) "
+        "or a list calibrated for this checkpoint; interpolated to the step count.",
+    )
+
+
+class PyramidAttentionBroadcast(StrictModel):
+    """Pyramid Attention Broadcast: reuse attention outputs for a few steps inside a timestep range."""
+
+    block_skip_range: Annotated[int, Field(ge=2, le=100)] = Field(
+        2, description="Attention is computed once every this many steps (the others reuse it)."
+    )
+    timestep_range: tuple[Annotated[int, Field(ge=-1, le=1000)], Annotated[int, Field(ge=0, le=1000)]] = Field(
+        (100, 800), description="[low, high] timesteps (0..1000) in which attention may be reused."
+    )
+
+
+class CacheSpec(StrictModel):
+    """Exactly one diffusers step cache (``enable_cache``) on the denoiser. Changes pixels."""
+
+    first_block: FirstBlockCache | None = None
+    taylorseer: TaylorSeerCache | None = None
+    magcache: MagCache | None = None
+    pyramid_attention_broadcast: PyramidAttentionBroadcast | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CacheSpec:
+        chosen = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                f"name exactly one step cache ({', '.join(type(self).model_fields)}), got {len(chosen)}"
+                + (f": {', '.join(chosen)}" if chosen else "")
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in type(self).model_fields if getattr(self, name) is not None)
+
+    def params(self) -> dict[str, Any]:
+        """The chosen cache's parameters, every default filled in."""
+        chosen = getattr(self, self.kind)
+        return dict(chosen.model_dump(mode="json"))
+
+
+class SpeedSpec(StrictModel):
+    """Speed options of a model. Step caches (and approximate attention backends) change pixels and
+    are in the fingerprint; the others change float rounding only and are in the run record."""
+
+    compile: bool | CompileSpec = Field(False, description="torch.compile the denoiser (true: default options).")
+    channels_last: bool = Field(
+        False, description="Channels-last memory format for the convolution models (UNet, VAE, ControlNet)."
+    )
+    attention: str | None = Field(
+        None, description="diffusers attention backend of the denoiser, e.g. `flash`, `flex`, `sage`, `xformers`."
+    )
+    cache: CacheSpec | None = Field(None, description="A diffusers step cache on the denoiser.")
+
+    @field_validator("attention")
+    @classmethod
+    def _known_backend(cls, value: str | None) -> str | None:
+        if value is not None and value not in ATTENTION_NAMES:
+            from diffspec.spec.suggest import did_you_mean
+
+            hint = did_you_mean(value, ATTENTION_NAMES) or ""
+            raise ValueError(
+                f"unknown attention backend {value!r}{hint} (diffusers 0.42 offers: {', '.join(ATTENTION_NAMES)})"
+            )
+        return value
+
+    def compile_options(self) -> CompileSpec | None:
+        if self.compile is True:
+            return CompileSpec()
+        return self.compile or None
+
+
 class ModelSpec(StrictModel):
     """A named model: where its weights are and how to load them."""
 
@@ -158,6 +289,7 @@ class ModelSpec(StrictModel):
         None, description="Parameter count in billions, to override the memory estimate."
     )
     defaults: GenParams = Field(default_factory=GenParams)
+    speed: SpeedSpec = Field(default_factory=SpeedSpec, description="Speed options (docs/spec.md#speed).")
 
     @field_validator("scheduler")
     @classmethod

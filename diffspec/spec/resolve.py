@@ -31,6 +31,7 @@ from diffspec.spec.suggest import did_you_mean
 from diffspec.spec.yamlio import PathT, Positions
 from diffspec.tables.families import check_size, check_supported, resolve_family
 from diffspec.tables.sources import local_folder, resolve_source
+from diffspec.tables.speed import family_problems, mode_problem
 
 BUILTIN_VARS = ("class", "label", "dataset")
 PLACEHOLDER = re.compile(r"(?<!\{)\{([^{}]*)\}(?!\})")
@@ -111,6 +112,16 @@ def check_models(spec: Spec, root: Path, positions: Positions, problems: list[Pr
                     f"model {name!r}: its `defaults` cannot choose a model; set `model` in a class or in the spec's `defaults`",
                 )
             )
+        speed = model.speed
+        if speed.attention is not None or speed.cache is not None:
+            try:
+                family = resolve_family(resolve_source(model.source, root), model.family)
+            except GenerationError:
+                family = None  # reported with the model's source by check_family_mode
+            for key, message in (
+                family_problems(family, speed.attention, speed.cache.kind if speed.cache else None) if family else ()
+            ):
+                problems.append(Problem(positions.at(mpath + ("speed", key)), f"model {name!r}: {message}"))
         folder = local_folder(model.source, root)
         if model.revision is not None and folder is not None:
             problems.append(
@@ -259,6 +270,9 @@ def check_family_mode(
                 f"class {name!r} (model {model_name!r}, {family}): {exc}",
             )
         )
+    cache = model.speed.cache
+    if cache is not None and (why := mode_problem(cache.kind, mode)) is not None:
+        problems.append(Problem(where, f"class {name!r} (model {model_name!r}): {why}"))
     if mode in ("img2img", "inpaint", "controlnet") and cls.input is None:
         problems.append(Problem(where, f"class {name!r} uses mode {mode} and needs `input: {{images: ...}}`"))
     if mode == "inpaint" and cls.input is not None and cls.input.masks is None:

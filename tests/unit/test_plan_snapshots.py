@@ -24,6 +24,7 @@ PROFILES = {
     "fruit.yaml": "preview",
     "food-captions.yaml": "turbo",
     "ads.yaml": "fast",
+    "flux-fast.yaml": "exact",
 }
 CASES = [(name, None) for name in SHIPPED] + [(name, PROFILES[name]) for name in SHIPPED if name in PROFILES]
 
