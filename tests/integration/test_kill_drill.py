@@ -25,13 +25,15 @@ def test_apply_survives_sigkill_at_random_moments(tmp_path: Path, monkeypatch) -
     drill = _drill_module()
     f = drill.run_drill(
         tmp_path / "drill",
-        units=48,
+        # Enough work that a run cannot finish inside one kill window on a fast machine (48 units
+        # once ended before the second kill and left only one).
+        units=96,
         kills=4,
         batch=4,
         size=32,
         steps=4,
         seed=1,
-        after_write=(0.0, 0.8),
+        after_write=(0.0, 0.5),
         model=tiny_sd(),
         verbose=True,
     )
