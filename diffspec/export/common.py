@@ -2,7 +2,8 @@
 
 Selection: the catalog's live images (first row per fingerprint, tombstones dropped) that the
 spec still asks for (not in the plan's ``remove`` list, class still in the spec), without the
-images a filter rejected (the latest verdict of any filter failed), unless asked to include them.
+images that are rejected (a person's review decision, else the latest verdict of any filter;
+see :mod:`diffspec.catalog.verdicts`), unless asked to include them.
 
 Writing: every file goes under ``dest`` (checked after resolving symlinks), atomically (temp
 file in the same folder, then rename). Images are hard-linked from the output root when asked
@@ -29,12 +30,12 @@ from typing import Any
 
 from diffspec.atomic import TMP_MARKER, atomic_write, atomic_write_bytes, fsync_dir, remove_leftovers
 from diffspec.catalog.store import CATALOG_DIR, Catalog
+from diffspec.catalog.verdicts import rejected_fingerprints
 from diffspec.errors import ExportError
 from diffspec.spec.loader import LoadedSpec
 from diffspec.spec.model import NAME_PATTERN
 
 MANIFEST = ".diffspec-export.json"
-FILTERS_STAGE = "filters"
 
 # Provenance columns every format writes, in this order, after its own file column.
 COLUMNS = (
@@ -192,19 +193,6 @@ def check_dest(dest: Path, output: Path) -> None:
 
 
 # ---- selection --------------------------------------------------------------------------
-def rejected_fingerprints(catalog: Catalog) -> set[str]:
-    """Images whose latest verdict from any filter failed (as `diffspec status` counts them)."""
-    if FILTERS_STAGE not in catalog.stages():
-        return set()
-    table = catalog.read_table(FILTERS_STAGE)
-    if any(c not in table.column_names for c in ("fingerprint", "filter", "passed")):
-        return set()
-    latest: dict[tuple[str, str], Any] = {}
-    for fp, name, passed in zip(*(table.column(c).to_pylist() for c in ("fingerprint", "filter", "passed"))):
-        latest[(fp, name)] = passed
-    return {fp for (fp, _), passed in latest.items() if passed is False}
-
-
 def select(loaded: LoadedSpec, catalog: Catalog, include_rejected: bool = False) -> Selection:
     from diffspec.plan.diff import build_plan
 

@@ -1,8 +1,9 @@
 """`diffspec status`: per class, how far the dataset is from its spec, and what the last run did.
 
 Per class: target, done (live images the plan keeps), remaining (the plan's create count),
-obsolete (images the plan removes), rejected (rows of the ``filters`` stage with
-``passed = false``), quality (the share of images the ``classifier`` stage recognised as the
+obsolete (images the plan removes), accepted / rejected / unreviewed (a person's review
+decision, else a failed filter: :mod:`diffspec.catalog.verdicts`; counted over the class's live
+images, obsolete ones included), quality (the share of images the ``classifier`` stage recognised as the
 prompted class) and the median seconds per image the catalog recorded. Stage figures are
 0 / None when the stage has not run. The last run: when, how it ended, what it made, what it
 found already there (kept), adopted and failed.
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from diffspec.catalog.store import Catalog
+from diffspec.catalog.verdicts import verdicts
 from diffspec.plan.diff import Plan
 from diffspec.spec.loader import LoadedSpec
 
@@ -28,6 +30,8 @@ class ClassStatus:
     remaining: int
     obsolete: int
     rejected: int = 0
+    accepted: int = 0  # live images a person accepted in `diffspec review`
+    unreviewed: int = 0  # live images with no decision and no failed filter
     quality: float | None = None
     seconds_per_image: float | None = None  # median recorded for this class's live images
 
@@ -36,7 +40,18 @@ class ClassStatus:
         d["class"] = d.pop("name")
         return {
             k: d[k]
-            for k in ("class", "target", "done", "remaining", "obsolete", "rejected", "quality", "seconds_per_image")
+            for k in (
+                "class",
+                "target",
+                "done",
+                "remaining",
+                "obsolete",
+                "accepted",
+                "rejected",
+                "unreviewed",
+                "quality",
+                "seconds_per_image",
+            )
         }
 
 
@@ -137,11 +152,14 @@ def class_status(loaded: LoadedSpec, plan: Plan, catalog: Catalog) -> StatusRepo
     if catalog.exists():
         index = catalog.index()
         live_class = dict(zip(index.fingerprints, index.class_names.to_pylist()))
-    # Rejected: live images that any filter's latest verdict failed.
-    rejected: dict[str, set[str]] = defaultdict(set)
-    for (fp, _filter), passed in _latest(catalog, "filters", ("fingerprint", "filter"), "passed").items():
-        if passed is False and fp in live_class:
-            rejected[live_class[fp]].add(fp)
+    # Accepted / rejected: a person's decision, else a failed filter (diffspec.catalog.verdicts).
+    states: dict[str, dict[str, int]] = defaultdict(lambda: {"accepted": 0, "rejected": 0})
+    for fp, verdict in verdicts(catalog).items():
+        if fp in live_class and verdict.state in ("accepted", "rejected"):
+            states[live_class[fp]][verdict.state] += 1
+    live_per_class: dict[str, int] = defaultdict(int)
+    for cls in live_class.values():
+        live_per_class[cls] += 1
     # Quality: the share of scored images the classifier recognised as the prompted class.
     recognised: dict[str, list[bool]] = defaultdict(list)
     for (fp,), value in _latest(catalog, "classifier", ("fingerprint",), "recognised").items():
@@ -158,7 +176,9 @@ def class_status(loaded: LoadedSpec, plan: Plan, catalog: Catalog) -> StatusRepo
                 done=c.keep,
                 remaining=c.create,
                 obsolete=c.remove,
-                rejected=len(rejected.get(c.name, ())),
+                rejected=states[c.name]["rejected"],
+                accepted=states[c.name]["accepted"],
+                unreviewed=live_per_class[c.name] - states[c.name]["rejected"] - states[c.name]["accepted"],
                 quality=sum(values) / len(values) if values else None,
                 seconds_per_image=timing.get(c.name),
             )
@@ -172,7 +192,18 @@ def render_status(report: StatusReport, console: Any) -> None:
 
     rows = report.classes
     table = Table(show_edge=False, header_style="bold")
-    for col in ("class", "target", "done", "remaining", "obsolete", "rejected", "quality", "s/image"):
+    for col in (
+        "class",
+        "target",
+        "done",
+        "remaining",
+        "obsolete",
+        "accepted",
+        "rejected",
+        "unreviewed",
+        "quality",
+        "s/image",
+    ):
         table.add_column(col, justify="left" if col == "class" else "right")
     for r in rows:
         table.add_row(
@@ -181,7 +212,9 @@ def render_status(report: StatusReport, console: Any) -> None:
             f"[green]{r.done}[/]" if r.done and not r.remaining else str(r.done),
             f"[yellow]{r.remaining}[/]" if r.remaining else "0",
             f"[red]{r.obsolete}[/]" if r.obsolete else "0",
-            str(r.rejected),
+            str(r.accepted),
+            f"[red]{r.rejected}[/]" if r.rejected else "0",
+            str(r.unreviewed),
             f"{r.quality:.0%}" if r.quality is not None else "-",
             _seconds(r.seconds_per_image),
         )
@@ -190,7 +223,7 @@ def render_status(report: StatusReport, console: Any) -> None:
             "[bold]total",
             *(
                 f"[bold]{sum(getattr(r, f) for r in rows)}"
-                for f in ("target", "done", "remaining", "obsolete", "rejected")
+                for f in ("target", "done", "remaining", "obsolete", "accepted", "rejected", "unreviewed")
             ),
             "",
             "",

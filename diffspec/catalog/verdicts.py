@@ -1,0 +1,120 @@
+"""Is an image accepted, rejected or not yet reviewed? One answer for status, plan, exports and the report.
+
+Two sources decide, both append-only stage tables of the catalog:
+
+- ``filters``: a filter's verdict per image (``passed``), written by the quality filters;
+  for each (image, filter) the latest row counts.
+- ``review``: a person's decision per image, written by ``diffspec review``: ``accept``,
+  ``reject``, or ``clear`` (an undo back to no decision). The latest row per image counts.
+
+A person's decision wins over every filter: an image a filter rejected and a person accepted
+is accepted. With no decision, an image any filter's latest verdict failed is rejected (by the
+filter); otherwise it is unreviewed, which counts as good towards a class's target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pyarrow as pa
+
+from diffspec.catalog.store import Catalog
+
+FILTERS_TABLE = "filters"
+REVIEW_TABLE = "review"
+Decision = Literal["accept", "reject", "clear"]
+DECISIONS: tuple[Decision, ...] = ("accept", "reject", "clear")
+State = Literal["accepted", "rejected", "unreviewed"]
+
+REVIEW_SCHEMA = pa.schema(
+    [
+        ("fingerprint", pa.string()),
+        ("class_name", pa.string()),
+        ("decision", pa.string()),
+        ("session_id", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Where one image stands. ``failed_filters``: the filters whose latest verdict failed,
+    kept even when a person's decision overrules them, so a page can say so."""
+
+    state: State
+    by: Literal["review", "filter"] | None
+    failed_filters: tuple[str, ...] = ()
+
+    @property
+    def rejected(self) -> bool:
+        return self.state == "rejected"
+
+
+UNREVIEWED = Verdict("unreviewed", None)
+
+
+def _columns(catalog: Catalog, table: str, names: tuple[str, ...]) -> list[list[object]] | None:
+    """The columns of a stage table in the order its rows were made: by ``created_at`` where the
+    table has it (part names sort by run id, which two runs in one second do not order), stable
+    for ties, so a later decision always wins."""
+    if not catalog.exists() or table not in catalog.stages():
+        return None
+    data = catalog.read_table(table)
+    if any(n not in data.column_names for n in names):
+        return None
+    if "created_at" in data.column_names and data.num_rows > 1:
+        import pyarrow.compute as pc
+
+        order = pc.sort_indices(
+            pa.table({"t": data.column("created_at"), "i": pa.array(range(data.num_rows), pa.int64())}),
+            sort_keys=[("t", "ascending"), ("i", "ascending")],
+            null_placement="at_start",
+        )
+        data = data.take(order)
+    return [data.column(n).to_pylist() for n in names]
+
+
+def latest_filter_failures(catalog: Catalog) -> dict[str, tuple[str, ...]]:
+    """Per image, the filters whose latest verdict failed (parts are read in time order)."""
+    cols = _columns(catalog, FILTERS_TABLE, ("fingerprint", "filter", "passed"))
+    if cols is None:
+        return {}
+    latest: dict[tuple[str, str], object] = {}
+    for fp, name, passed in zip(*cols):
+        latest[(str(fp), str(name))] = passed
+    failed: dict[str, list[str]] = {}
+    for (fp, name), passed in latest.items():
+        if passed is False:
+            failed.setdefault(fp, []).append(name)
+    return {fp: tuple(sorted(names)) for fp, names in failed.items()}
+
+
+def latest_decisions(catalog: Catalog) -> dict[str, Decision]:
+    """Per image, a person's latest decision; an undo (``clear``) removes it."""
+    cols = _columns(catalog, REVIEW_TABLE, ("fingerprint", "decision"))
+    if cols is None:
+        return {}
+    latest: dict[str, Decision] = {}
+    for fp, decision in zip(*cols):
+        if decision in ("accept", "reject"):
+            latest[str(fp)] = decision  # type: ignore[assignment]
+        elif decision == "clear":
+            latest.pop(str(fp), None)
+    return latest
+
+
+def verdicts(catalog: Catalog) -> dict[str, Verdict]:
+    """Every image that has a verdict other than plain unreviewed; absent means :data:`UNREVIEWED`."""
+    failed = latest_filter_failures(catalog)
+    decisions = latest_decisions(catalog)
+    out: dict[str, Verdict] = {fp: Verdict("rejected", "filter", names) for fp, names in failed.items()}
+    for fp, decision in decisions.items():
+        out[fp] = Verdict("accepted" if decision == "accept" else "rejected", "review", failed.get(fp, ()))
+    return out
+
+
+def rejected_fingerprints(catalog: Catalog) -> set[str]:
+    """The images that do not count: rejected by a person, or by a filter a person did not overrule."""
+    return {fp for fp, v in verdicts(catalog).items() if v.rejected}
