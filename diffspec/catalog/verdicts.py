@@ -99,7 +99,7 @@ def latest_decisions(catalog: Catalog) -> dict[str, Decision]:
     latest: dict[str, Decision] = {}
     for fp, decision in zip(*cols):
         if decision in ("accept", "reject"):
-            latest[str(fp)] = decision  # type: ignore[assignment]
+            latest[str(fp)] = "accept" if decision == "accept" else "reject"
         elif decision == "clear":
             latest.pop(str(fp), None)
     return latest
