@@ -386,6 +386,37 @@ def report(
     out.print(f"report: {path}", highlight=False)
 
 
+@app.command()
+def review(
+    spec: Annotated[Path, typer.Argument(help="Spec file.")],
+    profile: ProfileOpt = None,
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0: any free port).")] = 0,
+    open_browser: Annotated[bool, typer.Option("--open/--no-open", help="Open the page in a browser.")] = True,
+) -> None:
+    """Serve a local page to accept or reject images with the keyboard; decisions go to the catalog."""
+    from diffspec.project import Project
+
+    server = _run(lambda: Project(spec, profile=profile).review(port=port))
+    out.print(f"review: {server.url}", highlight=False, markup=False, soft_wrap=True)
+    out.print("decisions are saved as you make them; Ctrl-C stops the server", highlight=False)
+    sys.stdout.flush()
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    with _terminate_as_interrupt():
+        try:
+            server.run()
+        except KeyboardInterrupt:
+            pass  # run() stopped the server and wrote every decision it had answered
+    log = server.log
+    out.print(
+        f"stopped: {log.decisions_written} decision{'s' if log.decisions_written != 1 else ''} "
+        f"recorded in session {log.session_id}",
+        highlight=False,
+    )
+
+
 @app.command("export")
 def export_cmd(
     spec: Annotated[Path, typer.Argument(help="Spec file.")],

@@ -91,5 +91,9 @@ class ExportError(DiffspecError):
     """The catalog's images cannot be exported as asked (unknown format, missing file, no labels)."""
 
 
+class ReviewError(DiffspecError):
+    """The review server could not start, or a decision could not be recorded."""
+
+
 class DiskFullError(DiffspecError):
     """The output root's filesystem ran out of space (or quota); what is recorded is whole."""

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from diffspec.export.common import ExportResult
     from diffspec.machine import Machine
+    from diffspec.review.server import ReviewServer
     from diffspec.run.apply import ApplyResult
     from diffspec.run.prune import PruneResult
     from diffspec.run.status import StatusReport
@@ -203,6 +204,14 @@ class Project:
         from diffspec.stages.report import write_report
 
         return write_report(self.loaded, self.catalog, Path(out) if out else None)
+
+    def review(self, port: int = 0, token: str | None = None) -> ReviewServer:
+        """A review server for this spec's catalog on 127.0.0.1 (``port`` 0: any free port), not
+        yet started: ``start()`` / ``stop()`` it (or use it as a context manager), or ``run()``
+        to block until Ctrl-C. ``.url`` holds the token. See `diffspec.review.server`."""
+        from diffspec.review.server import ReviewServer
+
+        return ReviewServer(self.loaded, self.catalog, port=port, token=token)
 
     def export(self, fmt: str, dest: str | Path, *, link: bool = True, include_rejected: bool = False) -> ExportResult:
         """Write the images as ``fmt`` (imagefolder, yolo, hf, csv) under ``dest``; returns an

@@ -91,6 +91,21 @@ def latest_filter_failures(catalog: Catalog) -> dict[str, tuple[str, ...]]:
     return {fp: tuple(sorted(names)) for fp, names in failed.items()}
 
 
+def latest_filter_scores(catalog: Catalog) -> dict[str, dict[str, tuple[bool | None, float | None]]]:
+    """Per image and filter, the latest verdict and the value it measured: what the review page
+    and the report show beside the state :func:`verdicts` gives."""
+    cols = _columns(catalog, FILTERS_TABLE, ("fingerprint", "filter", "passed", "value"))
+    if cols is None:
+        return {}
+    out: dict[str, dict[str, tuple[bool | None, float | None]]] = {}
+    for fp, name, passed, value in zip(*cols):
+        out.setdefault(str(fp), {})[str(name)] = (
+            None if passed is None else bool(passed),
+            None if not isinstance(value, (int, float)) else float(value),
+        )
+    return out
+
+
 def latest_decisions(catalog: Catalog) -> dict[str, Decision]:
     """Per image, a person's latest decision; an undo (``clear``) removes it."""
     cols = _columns(catalog, REVIEW_TABLE, ("fingerprint", "decision"))
@@ -103,6 +118,21 @@ def latest_decisions(catalog: Catalog) -> dict[str, Decision]:
         elif decision == "clear":
             latest.pop(str(fp), None)
     return latest
+
+
+def decision_histories(catalog: Catalog) -> dict[str, list[Decision]]:
+    """Per image, every decision a person made, oldest first (``clear`` included): what the
+    review page's undo walks back through. :func:`latest_decisions` is the last of each."""
+    cols = _columns(catalog, REVIEW_TABLE, ("fingerprint", "decision"))
+    if cols is None:
+        return {}
+    history: dict[str, list[Decision]] = {}
+    for fp, decision in zip(*cols):
+        if decision in DECISIONS:
+            history.setdefault(str(fp), []).append(
+                "accept" if decision == "accept" else "reject" if decision == "reject" else "clear"
+            )
+    return history
 
 
 def verdicts(catalog: Catalog) -> dict[str, Verdict]:
