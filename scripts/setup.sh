@@ -16,4 +16,9 @@ if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2
   python -m pip install --quiet "torch==2.13.0"
 fi
 python -m pip install --quiet -e ".[gen,ray,dev]"
+# The review page's browser test drives Debian's chromium through playwright (whose own browser
+# download cannot work offline); install it only when missing, so a re-run stays quick.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 python -c "import diffspec, torch, diffusers; print(f'diffspec {diffspec.__version__} ready (torch {torch.__version__}, diffusers {diffusers.__version__})')"

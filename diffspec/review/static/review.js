@@ -5,7 +5,7 @@
 
 const token = new URLSearchParams(location.search).get("token") || "";
 const state = { session: null, classes: [], classIdx: 0, filters: [], filterIdx: 0, images: [], idx: 0,
-                pending: 0, lastDecided: null, showMasks: true, details: null };
+                pending: 0, answered: 0, lastDecided: null, showMasks: true, details: null };
 const $ = (id) => document.getElementById(id);
 
 async function api(path, options = {}) {
@@ -21,6 +21,7 @@ function setStatus(text, error = false) {
   el.textContent = text;
   el.classList.toggle("error", error);
   el.dataset.pending = String(state.pending);
+  el.dataset.answered = String(state.answered);  // answers to decisions so far, saved or not
 }
 
 function currentClass() { return state.classes[state.classIdx]; }
@@ -48,6 +49,7 @@ function renderStrip() {
     item.className = "item" + (i === state.idx ? " current" : "");
     item.dataset.fp = im.fingerprint;
     item.dataset.state = im.state;
+    item.dataset.by = im.by || "";
     item.title = `${im.fingerprint.slice(0, 12)}: ${im.state}`;
     const img = document.createElement("img");
     img.loading = "lazy";
@@ -130,8 +132,7 @@ async function loadImages() {
 
 async function decide(decision) {
   let im = current();
-  if (decision === "undo" && im && state.details && state.details.fingerprint === im.fingerprint
-      && !state.details.history.length && state.lastDecided) {
+  if (decision === "undo" && im && im.by !== "review" && state.lastDecided && state.lastDecided !== im.fingerprint) {
     // Nothing to undo here: undo the last decision of this page instead, and go back to it.
     const back = state.images.findIndex((x) => x.fingerprint === state.lastDecided);
     if (back >= 0) { state.idx = back; im = current(); await show(); }
@@ -149,15 +150,17 @@ async function decide(decision) {
     const result = await api("/api/decisions", { method: "POST", headers: { "Content-Type": "application/json" },
                                                  body: JSON.stringify({ fingerprint: fp, decision }) });
     state.pending -= 1;
+    state.answered += 1;
     const entry = state.images.find((x) => x.fingerprint === fp);
-    if (entry) entry.state = result.image.state;
-    if (item) { item.dataset.state = result.image.state; delete item.dataset.saving; }
+    if (entry) { entry.state = result.image.state; entry.by = result.image.by; }
+    if (item) { item.dataset.state = result.image.state; item.dataset.by = result.image.by || ""; delete item.dataset.saving; }
     state.lastDecided = fp;
     updateClass(result.counts);
     if (current() && current().fingerprint === fp) renderDetails(result.image);
     setStatus(result.saved ? `saved: ${result.decision} ${fp.slice(0, 8)} (${result.image.state})` : `nothing to undo for ${fp.slice(0, 8)}`);
   } catch (e) {
     state.pending -= 1;
+    state.answered += 1;
     if (item) delete item.dataset.saving;
     setStatus(`NOT saved (${decision} ${fp.slice(0, 8)}): ${e.message}`, true);
   }
