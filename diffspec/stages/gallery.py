@@ -39,7 +39,8 @@ IMAGE_COLUMNS = [
 
 # Distinct, readable over greyscale digits and photos alike; instance i takes colour i mod 6.
 MASK_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
-MASK_ALPHA = 70  # a light fill with an opaque outline: the picture stays visible under several masks
+MASK_ALPHA = 60  # a light fill and a stronger outline: the picture stays visible under several masks
+MASK_OUTLINE_ALPHA = 190
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +154,7 @@ def overlay(masks: list[Mask], width: int, height: int) -> np.ndarray:
             mask = mask[rows][:, cols]
         colour = MASK_COLOURS[i % len(MASK_COLOURS)]
         out[mask] = (*colour, MASK_ALPHA)
-        out[_outline(mask)] = (*colour, 255)
+        out[_outline(mask)] = (*colour, MASK_OUTLINE_ALPHA)
     return out
 
 

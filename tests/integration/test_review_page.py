@@ -110,6 +110,9 @@ def test_keyboard_decisions_are_durable_survive_a_restart_and_steer_status_and_e
         if page.evaluate("document.getElementById('mask-info').textContent") != "none":
             page.wait_for_selector("#masks:not([hidden])")  # drawn over the image by default
         _screenshot(page, tmp_path, "review-page.png")
+        page.keyboard.press("m")  # masks off: the picture alone
+        page.wait_for_selector("#masks[hidden]", state="attached")
+        _screenshot(page, tmp_path, "review-page-no-masks.png")
 
         page.keyboard.press("]")  # the next class
         page.wait_for_function("document.querySelector('#class').value === 'one'")

@@ -179,3 +179,38 @@ def test_stop_answers_what_was_taken_and_refuses_later_decisions(spec: Path) -> 
     with pytest.raises(ReviewError, match="closed"):
         server.log.record(fp, "zero", "accept")
     assert decision_histories(project.catalog)[fp] == ["reject"]
+
+
+def test_review_beside_a_running_apply_blocks_nothing_and_loses_nothing(spec: Path) -> None:
+    import threading
+
+    spec.write_text(spec.read_text().replace("zero: {target: 3,", "zero: {target: 5,"))
+    project = Project(spec)
+    fps = project.catalog.live_images(["fingerprint"]).column("fingerprint").to_pylist()
+    answered: list[tuple[str, str]] = []
+    done = threading.Event()
+    with project.review() as server:
+        base, token = _base(server.url), server.token
+
+        def decide_all_along() -> None:
+            i = 0
+            while not done.is_set() or i < 4:
+                fp, decision = fps[i % len(fps)], ("accept", "reject")[i % 2]
+                if _decide(base, token, fp, decision)["saved"]:
+                    answered.append((fp, decision))
+                i += 1
+
+        worker = threading.Thread(target=decide_all_along)
+        worker.start()
+        try:
+            result = Project(spec).apply(progress=False)  # takes the output lock; the server holds none
+        finally:
+            done.set()
+            worker.join(timeout=60)
+        assert result.phase == "finished" and result.made == 2, result.log
+        session = json.loads(call(base + "/api/session", token=token)[1])
+        assert {c["name"]: c["total"] for c in session["classes"]}["zero"] == 5  # the new images are listed
+    history = decision_histories(project.catalog)
+    for fp in set(fp for fp, _ in answered):
+        assert history[fp] == [d for f, d in answered if f == fp]
+    assert len(answered) >= 4
