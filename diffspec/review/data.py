@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -133,7 +134,7 @@ class ReviewData:
             if fact.class_name != class_name:
                 continue
             verdict = states.get(fp, UNREVIEWED)
-            if matches(verdict, wanted):  # type: ignore[arg-type]
+            if matches(verdict, wanted):
                 out.append({"fingerprint": fp, "state": verdict.state, "by": verdict.by})
         return out
 
@@ -141,7 +142,7 @@ class ReviewData:
         self._load()
         return self._facts.get(fingerprint)
 
-    def details(self, fingerprint: str, history: list[str]) -> dict[str, Any] | None:
+    def details(self, fingerprint: str, history: Sequence[str]) -> dict[str, Any] | None:
         fact = self.fact(fingerprint)
         if fact is None:
             return None
@@ -152,7 +153,7 @@ class ReviewData:
             "state": verdict.state,
             "by": verdict.by,
             "failed_filters": list(verdict.failed_filters),
-            "history": history,
+            "history": list(history),
             "masks": [{"label": m.label, "score": m.score, "box_xyxy": m.box_xyxy} for m in masks],
         }
 

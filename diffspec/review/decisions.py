@@ -46,7 +46,11 @@ class DecisionRow:
     created_at: datetime
 
 
-_STOP = object()
+@dataclass(frozen=True, slots=True)
+class _Request:
+    rows: list[DecisionRow]
+    undo: bool
+    done: Future[None]
 
 
 class DecisionLog:
@@ -59,7 +63,7 @@ class DecisionLog:
         self.parts_written = 0
         self.decisions_written = 0
         self._history: dict[str, list[Decision]] = decision_histories(catalog)
-        self._queue: queue.Queue[object] = queue.Queue()
+        self._queue: queue.Queue[_Request | None] = queue.Queue()  # None: stop
         self._lock = threading.Lock()  # history and the session clock
         self._last_time: datetime | None = None
         self._closed = False
@@ -94,22 +98,13 @@ class DecisionLog:
             return list(self._history.get(fingerprint, []))
 
     def _submit(self, decisions: list[tuple[str, str, Decision]], undo: bool) -> None:
-        if self._closed:
-            raise ReviewError("the review session is closed; start `diffspec review` again")
-        with self._lock:
-            rows = [DecisionRow(fp, cls, d, self._tick()) for fp, cls, d in decisions]
-        done: Future[None] = Future()
-        self._queue.put((rows, done))
-        done.result()  # raises what the writer raised
-        with self._lock:
-            for row in rows:
-                history = self._history.setdefault(row.fingerprint, [])
-                if undo:
-                    # The undone step is forgotten; the appended row restored the one before it.
-                    if history:
-                        history.pop()
-                else:
-                    history.append(row.decision)
+        request = _Request([], undo, Future())
+        with self._lock:  # times and queue order agree, so the catalog's order is the order taken
+            if self._closed:  # checked under the lock: nothing is queued behind the writer's stop
+                raise ReviewError("the review session is closed; start `diffspec review` again")
+            request.rows.extend(DecisionRow(fp, cls, d, self._tick()) for fp, cls, d in decisions)
+            self._queue.put(request)
+        request.done.result()  # raises what the writer raised
 
     def _tick(self) -> datetime:
         """Strictly increasing times within the session, so latest-wins never meets a tie."""
@@ -119,36 +114,45 @@ class DecisionLog:
         self._last_time = now
         return now
 
+    def _remember(self, request: _Request) -> None:
+        """Update the histories once the rows are durable, in the order they were written."""
+        with self._lock:
+            for row in request.rows:
+                history = self._history.setdefault(row.fingerprint, [])
+                if not request.undo:
+                    history.append(row.decision)
+                elif history:
+                    history.pop()  # the undone step is forgotten; the appended row restored the one before
+
     # ---- the writer ------------------------------------------------------------------------
     def _write_loop(self) -> None:
-        while True:
+        stop = False
+        while not stop:
             first = self._queue.get()
-            if first is _STOP:
+            if first is None:
                 break
             batch = [first]
-            stop = False
-            while True:
+            while True:  # everything that is waiting goes into this part
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
+                if item is None:
                     stop = True
                     break
                 batch.append(item)
-            rows = [row for rows, _ in batch for row in rows]  # type: ignore[attr-defined]
             try:
-                self._write(rows)
+                self._write([row for request in batch for row in request.rows])
             except BaseException as exc:  # noqa: BLE001 - every waiting request must hear of it
-                for _, done in batch:  # type: ignore[misc]
-                    done.set_exception(
-                        exc if isinstance(exc, DiffspecError) else ReviewError(f"could not record the decision: {exc}")
-                    )
-            else:
-                for _, done in batch:  # type: ignore[misc]
-                    done.set_result(None)
-            if stop:
-                break
+                failure = (
+                    exc if isinstance(exc, DiffspecError) else ReviewError(f"could not record the decision: {exc}")
+                )
+                for request in batch:
+                    request.done.set_exception(failure)
+                continue
+            for request in batch:
+                self._remember(request)
+                request.done.set_result(None)
 
     def _write(self, rows: list[DecisionRow]) -> None:
         table = pa.Table.from_pylist(
@@ -187,10 +191,11 @@ class DecisionLog:
 
     def close(self) -> None:
         """Write what is queued, stop the writer and merge the session's parts into one."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(_STOP)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
         self._writer.join()
         if self.parts_written > 1:
             self._compact()

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from diffspec.catalog.store import Catalog
-from diffspec.catalog.verdicts import DECISIONS
+from diffspec.catalog.verdicts import DECISIONS, Decision
 from diffspec.errors import DiffspecError, ReviewError
 from diffspec.review.data import ReviewData
 from diffspec.review.decisions import DecisionLog
@@ -42,7 +42,7 @@ MAX_BODY = 4096
 
 
 def _static(name: str) -> bytes:
-    return resources.files("diffspec.review").joinpath("static", name).read_bytes()
+    return resources.files("diffspec.review").joinpath("static").joinpath(name).read_bytes()
 
 
 class ReviewServer:
@@ -117,11 +117,12 @@ class ReviewServer:
         fact = self.data.fact(fingerprint)
         if fact is None:
             raise _NotFound(f"no live image with fingerprint {fingerprint!r}")
+        done: Decision | None
         if decision == "undo":
             done = self.log.undo(fingerprint, fact.class_name)
         elif decision in DECISIONS:
-            self.log.record(fingerprint, fact.class_name, decision)  # type: ignore[arg-type]
-            done = decision  # type: ignore[assignment]
+            done = decision
+            self.log.record(fingerprint, fact.class_name, done)
         else:
             raise ReviewError(f"unknown decision {decision!r}; use accept, reject, clear or undo")
         return {

@@ -162,7 +162,8 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     """The mask's pixels that touch a pixel outside it (4-neighbourhood, the image edge counts as outside)."""
     padded = np.pad(mask, 1, constant_values=False)
     inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return mask & ~inner
+    edge: np.ndarray = mask & ~inner
+    return edge
 
 
 def png_bytes(rgba: np.ndarray) -> bytes:

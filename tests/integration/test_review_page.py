@@ -115,16 +115,15 @@ def test_keyboard_decisions_are_durable_survive_a_restart_and_steer_status_and_e
         _screenshot(page, tmp_path, "review-page-no-masks.png")
 
         page.keyboard.press("]")  # the next class
-        page.wait_for_function("document.querySelector('#class').value === 'one'")
-        page.wait_for_function("document.querySelectorAll('#strip .item').length === 3")
+        page.wait_for_selector("#strip[data-list='one/all']", state="attached")
         one = [fp for fp, _ in _strip(page)]
         assert set(one).isdisjoint(zero)
         page.keyboard.press("r")
         _settled(page, 5)
         page.keyboard.press("f")  # filter: rejected by a filter
         page.keyboard.press("f")  # filter: not yet reviewed
-        page.wait_for_function("document.querySelector('#filter').value === 'unreviewed'")
-        page.wait_for_function("document.querySelectorAll('#strip .item').length === 2")
+        page.wait_for_selector("#strip[data-list='one/unreviewed']", state="attached")
+        assert len(_strip(page)) == 2
         assert one[0] not in [fp for fp, _ in _strip(page)]
         page.close()
 

@@ -214,3 +214,26 @@ def test_review_beside_a_running_apply_blocks_nothing_and_loses_nothing(spec: Pa
     for fp in set(fp for fp, _ in answered):
         assert history[fp] == [d for f, d in answered if f == fp]
     assert len(answered) >= 4
+
+
+def test_ctrl_c_stops_the_cli_cleanly_with_every_answered_decision_in_one_part(spec: Path) -> None:
+    fps = Project(spec).catalog.live_images(["fingerprint"]).column("fingerprint").to_pylist()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), COLUMNS="400")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffspec.cli", "review", str(spec), "--no-open"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    url = proc.stdout.readline().split()[1]  # type: ignore[union-attr]
+    base, token = _base(url), url.split("token=")[1]
+    for fp in fps[:3]:
+        _decide(base, token, fp, "reject")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped: 3 decisions recorded in session" in out and "Traceback" not in err
+    catalog = Project(spec).catalog
+    assert len(catalog.parts("review")) == 1  # the session's parts merged on the way out
+    assert all(verdicts(catalog)[fp].by == "review" for fp in fps[:3])

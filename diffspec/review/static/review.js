@@ -119,14 +119,18 @@ async function show() {
   } catch (e) { setStatus(`could not load the image: ${e.message}`, true); }
 }
 
+let loads = 0;
 async function loadImages() {
   const c = currentClass();
   const f = state.filters[state.filterIdx];
+  const mine = ++loads;
   const body = await api(`/api/images?class=${encodeURIComponent(c.name)}&filter=${encodeURIComponent(f)}`);
+  if (mine !== loads) return; // a later switch of class or list asked for another one meanwhile
   state.images = body.images;
   state.idx = 0;
   renderCounts();
   renderStrip();
+  $("strip").dataset.list = `${c.name}/${f}`;  // what the strip shows, once it shows it
   await show();
 }
 
@@ -139,6 +143,7 @@ async function decide(decision) {
   }
   if (!im) return;
   const fp = im.fingerprint;
+  if (decision !== "undo") state.lastDecided = fp; // in the order pressed, not the order answered
   const item = stripItem(fp);
   state.pending += 1;
   if (item) item.dataset.saving = "1";
@@ -154,7 +159,6 @@ async function decide(decision) {
     const entry = state.images.find((x) => x.fingerprint === fp);
     if (entry) { entry.state = result.image.state; entry.by = result.image.by; }
     if (item) { item.dataset.state = result.image.state; item.dataset.by = result.image.by || ""; delete item.dataset.saving; }
-    state.lastDecided = fp;
     updateClass(result.counts);
     if (current() && current().fingerprint === fp) renderDetails(result.image);
     setStatus(result.saved ? `saved: ${result.decision} ${fp.slice(0, 8)} (${result.image.state})` : `nothing to undo for ${fp.slice(0, 8)}`);
