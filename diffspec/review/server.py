@@ -161,8 +161,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # the page is the interface; a line per image request would drown the URL
 
     # ---- auth ----------------------------------------------------------------------------------
-    def _given_tokens(self, query: dict[str, list[str]]) -> list[str]:
-        given = [*query.get("token", [])]
+    def _given_tokens(self) -> list[str]:
+        """The header's and the cookie's token (the URL's is for the page only)."""
+        given = []
         if header := self.headers.get(TOKEN_HEADER):
             given.append(header)
         cookie = SimpleCookie()
@@ -208,13 +209,15 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._error(HTTPStatus.FORBIDDEN, "open the URL `diffspec review` printed (with its token)")
                 cookie = f"{COOKIE}={self.server.review.token}; HttpOnly; SameSite=Strict; Path=/"
                 return self._send(200, _static("index.html"), "text/html; charset=utf-8", {"Set-Cookie": cookie})
-            if not self._allowed(self._given_tokens({})):
+            if not self._allowed(self._given_tokens()):
                 return self._error(HTTPStatus.FORBIDDEN, "missing or wrong token")
             self._route_get(url.path, query)
         except _NotFound as exc:
             self._error(HTTPStatus.NOT_FOUND, str(exc))
         except DiffspecError as exc:
             self._error(HTTPStatus.BAD_REQUEST, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug, said plainly to the page rather than a dropped connection
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(exc).__name__}: {exc}")
 
     do_HEAD = do_GET
 

@@ -169,7 +169,10 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 def png_bytes(rgba: np.ndarray) -> bytes:
     import io
 
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError:  # the light install (validate, plan, status) has no Pillow
+        raise StageError("drawing masks needs Pillow: pip install 'diffspec[gen]'") from None
 
     buffer = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buffer, format="PNG")
