@@ -1,8 +1,10 @@
 """Captions as text files: ``dest/1_<class>/<fingerprint>.png`` beside ``<fingerprint>.txt``.
 
 The layout LoRA and DreamBooth fine-tuning scripts read captions from: each image with a
-same-name ``.txt`` holding its caption. The caption is the prompt the image was made from
-(runs of whitespace made one space, no line end: some readers keep a newline); an image made from the captions stage was made from a prompt that
+same-name ``.txt`` holding its caption. The caption is the prompt the image was made from,
+as words: A1111 weighting brackets and escapes resolved (``a (burnt:1.3) pizza`` gives ``a burnt
+pizza``; trainers read captions as plain text), runs of whitespace made one space, and no line
+end (some readers keep it); an image made from the captions stage was made from a prompt that
 holds its caption, so that is its caption here too.
 
 The folders are named ``<repeats>_<class>`` with 1 repeat because kohya's sd-scripts (its
@@ -18,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffspec.catalog.store import Catalog
+from diffspec.errors import GenerationError
 from diffspec.export.common import ExportOptions, ExportResult, Selection, counts_by_class
 from diffspec.export.dest import DestWriter
 from diffspec.spec.loader import LoadedSpec
@@ -29,6 +32,17 @@ def class_folder(class_name: str) -> str:
     return f"{REPEATS}_{class_name}"
 
 
+def caption_text(prompt: str) -> str:
+    """The words of a prompt, without its weighting syntax."""
+    from diffspec.generate.prompts import parse_a1111, unescape
+
+    try:
+        words = "".join(text for text, _ in parse_a1111(prompt))
+    except GenerationError:  # brackets that never were weighting (a family without it): literal
+        words = unescape(prompt)
+    return " ".join(words.split())
+
+
 def write(
     loaded: LoadedSpec, catalog: Catalog, selection: Selection, dest: Path, options: ExportOptions
 ) -> ExportResult:
@@ -36,7 +50,7 @@ def write(
     out = DestWriter(dest, "captions-txt", options.link)
     exported = []
     for row in selection.rows:
-        caption = " ".join((row.prompt or "").split())
+        caption = caption_text(row.prompt or "")
         if not caption:
             continue  # an image without a prompt (adopted from elsewhere) has no caption to give
         base = f"{class_folder(row.class_name)}/{row.fingerprint}"

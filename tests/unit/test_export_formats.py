@@ -143,6 +143,13 @@ def test_captions_txt_puts_each_prompt_beside_its_image(project: Project, rows: 
     assert not any(dropped in p.name for p in dest.rglob("*"))
 
 
+def test_a_caption_is_the_prompt_as_words_without_weighting_syntax() -> None:
+    from diffspec.export.captions_txt import caption_text
+
+    assert caption_text("a (burnt:1.3)  pizza, \\(tasty\\) [soft] crust") == "a burnt pizza, (tasty) soft crust"
+    assert caption_text("an (unbalanced bracket") == "an (unbalanced bracket"
+
+
 # ---- coco (pycocotools) --------------------------------------------------------------------
 def _square_mask(i: int) -> np.ndarray:
     mask = np.zeros((8, 8), dtype=bool)
@@ -328,3 +335,39 @@ def test_cli_split_and_merge_options(
     result = runner.invoke(app, ["export", "spec.yaml", "dataset", "--merge"])
     assert result.exit_code == 0, result.output
     assert "exported 7 images (imagefolder)" in " ".join(result.stdout.split())
+
+
+# ---- rejected images stay out of every format ----------------------------------------------
+@pytest.mark.parametrize("fmt", ["imagefolder", "hf", "csv", "yolo", "coco", "captions-txt"])
+@pytest.mark.parametrize("how", ["review", "filter"])
+def test_a_rejected_image_is_in_no_file_of_any_format(
+    project: Project, rows: dict[str, Any], tmp_path: Path, fmt: str, how: str
+) -> None:
+    import pyarrow.parquet as pq
+
+    fps = list(rows)
+    square = rle_to_string(rle_encode(_square_mask(0)))
+    segment = pa.table(
+        {
+            "fingerprint": fps,
+            "polygon": [[0.2, 0.2, 0.6, 0.2, 0.6, 0.6]] * len(fps),
+            "rle": [square] * len(fps),
+            "score": [0.9] * len(fps),
+        }
+    )
+    Catalog(project.output).append_stage("segment", segment, "seg")
+    bad = fps[3]
+    if how == "review":
+        review(project, bad, "reject")
+    else:
+        reject(project, bad)
+    dest = tmp_path / "exported"
+    result = project.export(fmt, dest, split=0.3 if fmt in ("hf", "yolo", "coco") else None)
+    assert result.total == 6 and result.skipped_rejected == 1
+    files = [dest] if dest.is_file() else [p for p in dest.rglob("*") if p.is_file()]
+    assert files and not any(bad in p.name for p in files)
+    for path in files:
+        if path.suffix == ".parquet":
+            assert bad not in pq.read_table(path).column("fingerprint").to_pylist()
+        elif path.suffix != ".png":  # labels, metadata, the CSV (no suffix here), the manifest
+            assert bad not in path.read_text(encoding="utf-8")
