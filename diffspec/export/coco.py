@@ -39,8 +39,7 @@ from diffspec.export.common import (
     ExportRow,
     Selection,
     by_split,
-    counts_by_class,
-    empty_split_notes,
+    split_result,
 )
 from diffspec.export.dest import DestWriter
 from diffspec.export.segments import Instance, has_segment_output, read_instances, unlabelled_notes
@@ -149,13 +148,5 @@ def write(
             out.place(row.source, f"{split}/{row.fingerprint}{row.suffix}", row.sha256)
         out.write_bytes(f"annotations/instances_{split}.json", instances_json(loaded, selection.classes, rows, found))
     stats = out.finish()
-    unlabelled = len(selection.rows) - len(exported)
-    return ExportResult(
-        dest,
-        "coco",
-        counts_by_class(selection.classes, exported),
-        skipped_unlabelled=unlabelled,
-        notes=unlabelled_notes(unlabelled) + empty_split_notes(groups),
-        splits={name: len(rows) for name, rows in groups.items()} if options.split else {},
-        **stats,
-    )
+    notes = unlabelled_notes(len(selection.rows) - len(exported))
+    return split_result("coco", dest, selection, exported, groups, options, stats, notes)

@@ -306,3 +306,25 @@ def empty_split_notes(groups: dict[str, list[ExportRow]]) -> tuple[str, ...]:
         for name, rows in groups.items()
         if not rows and name != TRAIN
     )
+
+
+def split_result(
+    fmt: str,
+    dest: Path,
+    selection: Selection,
+    exported: Sequence[ExportRow],
+    groups: dict[str, list[ExportRow]],
+    options: ExportOptions,
+    stats: dict[str, int],
+    notes: tuple[str, ...] = (),
+) -> ExportResult:
+    """The result of a format that may split and may leave images out (no label yet)."""
+    return ExportResult(
+        dest,
+        fmt,
+        counts_by_class(selection.classes, exported),
+        skipped_unlabelled=len(selection.rows) - len(exported),
+        notes=notes + empty_split_notes(groups),
+        splits={name: len(rows) for name, rows in groups.items()} if options.split else {},
+        **stats,
+    )

@@ -29,8 +29,7 @@ from diffspec.export.common import (
     ExportRow,
     Selection,
     by_split,
-    counts_by_class,
-    empty_split_notes,
+    split_result,
 )
 from diffspec.export.dest import DestWriter
 from diffspec.export.split import TEST, TRAIN, VAL
@@ -89,11 +88,4 @@ def write(
             out.place(row.source, f"{folder}/{rec['file_name']}", row.sha256)
         out.write_bytes(f"{folder}/{METADATA}", parquet_bytes(records, schema))
     stats = out.finish()
-    return ExportResult(
-        dest,
-        "hf",
-        counts_by_class(selection.classes, selection.rows),
-        notes=empty_split_notes(groups),
-        splits={name: len(rows) for name, rows in groups.items()} if options.split else {},
-        **stats,
-    )
+    return split_result("hf", dest, selection, selection.rows, groups, options, stats)

@@ -24,14 +24,7 @@ from typing import Any
 
 from diffspec.catalog.store import Catalog
 from diffspec.errors import ExportError
-from diffspec.export.common import (
-    ExportOptions,
-    ExportResult,
-    Selection,
-    by_split,
-    counts_by_class,
-    empty_split_notes,
-)
+from diffspec.export.common import ExportOptions, ExportResult, Selection, by_split, split_result
 from diffspec.export.dest import DestWriter
 from diffspec.export.segments import has_segment_output, read_instances, unlabelled_notes
 from diffspec.export.split import TEST, TRAIN, VAL
@@ -118,13 +111,5 @@ def write(
     out.write_bytes("classes.txt", "".join(f"{name}\n" for name in selection.classes).encode())
     out.write_bytes("data.yaml", data_yaml(dest, selection.classes, loaded.path, written).encode())
     stats = out.finish()
-    unlabelled = len(selection.rows) - len(exported)
-    return ExportResult(
-        dest,
-        "yolo",
-        counts_by_class(selection.classes, exported),
-        skipped_unlabelled=unlabelled,
-        notes=unlabelled_notes(unlabelled) + empty_split_notes(groups),
-        splits={name: len(rows) for name, rows in groups.items()} if options.split else {},
-        **stats,
-    )
+    notes = unlabelled_notes(len(selection.rows) - len(exported))
+    return split_result("yolo", dest, selection, exported, groups, options, stats, notes)
