@@ -398,7 +398,7 @@ def export_cmd(
         bool, typer.Option("--link/--copy", help="Hard-link images instead of copying when possible.")
     ] = True,
     include_rejected: Annotated[
-        bool, typer.Option("--include-rejected", help="Also export images a filter rejected.")
+        bool, typer.Option("--include-rejected", help="Also export rejected images (by a filter or a review).")
     ] = False,
     val: Annotated[
         float | None,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,10 +282,6 @@ def csv_bytes(header: Sequence[str], records: Iterable[dict[str, Any]]) -> bytes
             {k: ("" if v is None else str(v).lower() if isinstance(v, bool) else v) for k, v in rec.items()}
         )
     return buf.getvalue().encode("utf-8")
-
-
-def jsonl_bytes(records: Iterable[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records).encode("utf-8")
 
 
 def by_split(rows: Iterable[ExportRow], split: Split | None) -> dict[str, list[ExportRow]]:
