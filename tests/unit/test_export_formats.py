@@ -125,6 +125,13 @@ def test_hf_without_a_split_is_one_train_split(
     assert list(loaded) == ["train"] and loaded["train"].num_rows == 7
     assert loaded["train"].features["label"].names == SPEC_CLASSES
 
+    split = Split(val=0.4)  # split the same folder afterwards: the held-out images move, nothing is left twice
+    result = project.export("hf", tmp_path / "hf", split=split)
+    images = {p for p in files_under(tmp_path / "hf") if p.endswith(".png")}
+    folder = {"train": "train", "val": "validation"}
+    assert images == {f"{folder[split.of(fp)]}/{r['class_name']}/{fp}.png" for fp, r in rows.items()}
+    assert result.removed == result.splits["val"] > 0
+
 
 # ---- captions-txt --------------------------------------------------------------------------
 def test_captions_txt_puts_each_prompt_beside_its_image(project: Project, rows: dict[str, Any], tmp_path: Path) -> None:
@@ -340,7 +347,7 @@ def test_cli_split_and_merge_options(
 # ---- rejected images stay out of every format ----------------------------------------------
 @pytest.mark.parametrize("fmt", ["imagefolder", "hf", "csv", "yolo", "coco", "captions-txt"])
 @pytest.mark.parametrize("how", ["review", "filter"])
-def test_a_rejected_image_is_in_no_file_of_any_format(
+def test_a_rejected_image_is_in_no_file_of_any_format_and_exporting_again_writes_nothing(
     project: Project, rows: dict[str, Any], tmp_path: Path, fmt: str, how: str
 ) -> None:
     import pyarrow.parquet as pq
@@ -362,8 +369,13 @@ def test_a_rejected_image_is_in_no_file_of_any_format(
     else:
         reject(project, bad)
     dest = tmp_path / "exported"
-    result = project.export(fmt, dest, split=0.3 if fmt in ("hf", "yolo", "coco") else None)
+    split = 0.3 if fmt in ("hf", "yolo", "coco") else None
+    result = project.export(fmt, dest, split=split)
     assert result.total == 6 and result.skipped_rejected == 1
+    if fmt != "csv":  # a second identical export writes nothing, whatever the format
+        before = stat_tree(dest)
+        again = project.export(fmt, dest, split=split)
+        assert stat_tree(dest) == before and again.linked == again.copied == again.removed == 0
     files = [dest] if dest.is_file() else [p for p in dest.rglob("*") if p.is_file()]
     assert files and not any(bad in p.name for p in files)
     for path in files:
