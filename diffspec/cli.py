@@ -421,13 +421,29 @@ def review(
 def export_cmd(
     spec: Annotated[Path, typer.Argument(help="Spec file.")],
     dest: Annotated[Path, typer.Argument(help="Destination folder (or file for csv).")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="imagefolder, yolo, hf, csv or captions.")] = "imagefolder",
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="imagefolder, yolo, hf, coco, csv, captions or captions-txt.")
+    ] = "imagefolder",
     profile: ProfileOpt = None,
     link: Annotated[
         bool, typer.Option("--link/--copy", help="Hard-link images instead of copying when possible.")
     ] = True,
     include_rejected: Annotated[
-        bool, typer.Option("--include-rejected", help="Also export images a filter rejected.")
+        bool, typer.Option("--include-rejected", help="Also export rejected images (by a filter or a review).")
+    ] = False,
+    val: Annotated[
+        float | None,
+        typer.Option("--val", help="Hold out this fraction for validation, by fingerprint (yolo, hf, coco)."),
+    ] = None,
+    test: Annotated[
+        float | None, typer.Option("--test", help="Hold out this fraction for test, by fingerprint (yolo, hf, coco).")
+    ] = None,
+    merge: Annotated[
+        bool,
+        typer.Option(
+            "--merge",
+            help="Add to an existing dataset folder (imagefolder): never overwrites or deletes a file of its own.",
+        ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print what was exported as JSON.")] = False,
 ) -> None:
@@ -436,9 +452,15 @@ def export_cmd(
 
     from diffspec.project import Project
 
-    result = _run(
-        lambda: Project(spec, profile=profile).export(fmt, dest, link=link, include_rejected=include_rejected)
-    )
+    def run() -> Any:
+        from diffspec.export.split import Split
+
+        split = Split(val=val or 0.0, test=test or 0.0) if val is not None or test is not None else None
+        return Project(spec, profile=profile).export(
+            fmt, dest, link=link, include_rejected=include_rejected, split=split, merge=merge
+        )
+
+    result = _run(run)
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
         return
@@ -450,6 +472,8 @@ def export_cmd(
     if len(result.counts) > 1:
         table.add_row("[bold]total", f"[bold]{result.total}")
     out.print(table)
+    if result.splits:
+        out.print("splits: " + ", ".join(f"{name} {n}" for name, n in result.splits.items()), highlight=False)
     files = ", ".join(
         f"{n} {k}"
         for k, n in (

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from diffspec.export.common import ExportResult
+    from diffspec.export.split import Split
     from diffspec.machine import Machine
     from diffspec.review.server import ReviewServer
     from diffspec.run.apply import ApplyResult
@@ -213,12 +214,32 @@ class Project:
 
         return ReviewServer(self.loaded, self.catalog, port=port, token=token)
 
-    def export(self, fmt: str, dest: str | Path, *, link: bool = True, include_rejected: bool = False) -> ExportResult:
-        """Write the images as ``fmt`` (imagefolder, yolo, hf, csv) under ``dest``; returns an
-        ``ExportResult`` (``.path``, ``.counts`` per class). See `diffspec.export.export`."""
+    def export(
+        self,
+        fmt: str,
+        dest: str | Path,
+        *,
+        link: bool = True,
+        include_rejected: bool = False,
+        split: Split | float | None = None,
+        merge: bool = False,
+    ) -> ExportResult:
+        """Write the images as ``fmt`` (imagefolder, yolo, hf, coco, csv, captions, captions-txt)
+        under ``dest``; returns an ``ExportResult`` (``.path``, ``.counts`` per class).
+        ``split``: ``Split(val=0.1, test=0.05)`` or a validation fraction (yolo, hf, coco);
+        ``merge``: add an imagefolder export to an existing dataset folder. See `diffspec.export.export`."""
         from diffspec.export import export
 
-        return export(self.loaded, self.catalog, fmt, Path(dest), link=link, include_rejected=include_rejected)
+        return export(
+            self.loaded,
+            self.catalog,
+            fmt,
+            Path(dest),
+            link=link,
+            include_rejected=include_rejected,
+            split=split,
+            merge=merge,
+        )
 
 
 def _check_overrides(plan: Plan, executor: str | None, workers: int | None, ray_address: str | None = None) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from diffspec.catalog.store import Catalog
 from diffspec.errors import ExportError
-from diffspec.export.common import DestWriter, ExportResult, Selection, counts_by_class, csv_bytes
+from diffspec.export.common import ExportOptions, ExportResult, Selection, counts_by_class, csv_bytes
+from diffspec.export.dest import DestWriter
 from diffspec.plan.stages import CAPTIONS_STAGE, literal_prompt_text
 from diffspec.spec.loader import LoadedSpec
 
@@ -34,14 +35,16 @@ def _captions_by_class(catalog: Catalog) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def write(loaded: LoadedSpec, catalog: Catalog, selection: Selection, dest: Path, *, link: bool) -> ExportResult:
+def write(
+    loaded: LoadedSpec, catalog: Catalog, selection: Selection, dest: Path, options: ExportOptions
+) -> ExportResult:
     if not catalog.parts(CAPTIONS_STAGE):
         raise ExportError(
             f"the catalog of {loaded.path} holds no captions: add `stages: {{captions: ...}}` and a class prompt "
             "with {caption} to the spec, and run `diffspec apply`"
         )
     captions = _captions_by_class(catalog)
-    out = DestWriter(dest, "captions", link)
+    out = DestWriter(dest, "captions", options.link)
     records, exported = [], []
     for row in selection.rows:
         prompt = row.prompt or ""

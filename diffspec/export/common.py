@@ -5,37 +5,27 @@ spec still asks for (not in the plan's ``remove`` list, class still in the spec)
 images that are rejected (a person's review decision, else the latest verdict of any filter;
 see :mod:`diffspec.catalog.verdicts`), unless asked to include them.
 
-Writing: every file goes under ``dest`` (checked after resolving symlinks), atomically (temp
-file in the same folder, then rename). Images are hard-linked from the output root when asked
-and possible (same filesystem), else copied. A file that already matches is left alone, so a
-second export into the same ``dest`` rewrites nothing. ``dest/.diffspec-export.json`` lists the
-files the last export wrote; files it listed that this export no longer writes (an image since
-rejected or pruned) are deleted, and nothing else ever is.
+Writing: see :mod:`diffspec.export.dest` (atomic, confined under ``dest``, hard-linked when
+possible, nothing rewritten that matches, and no file diffspec did not write is ever
+overwritten or deleted). Splits: see :mod:`diffspec.export.split`.
 """
 
 from __future__ import annotations
 
 import csv
-import errno
-import hashlib
 import io
-import json
-import os
-import secrets
-import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffspec.atomic import TMP_MARKER, atomic_write, atomic_write_bytes, fsync_dir, remove_leftovers
 from diffspec.catalog.store import CATALOG_DIR, Catalog
 from diffspec.catalog.verdicts import rejected_fingerprints
 from diffspec.errors import ExportError
+from diffspec.export.dest import inside
+from diffspec.export.split import TRAIN, Split
 from diffspec.spec.loader import LoadedSpec
 from diffspec.spec.model import NAME_PATTERN
-
-MANIFEST = ".diffspec-export.json"
 
 # Provenance columns every format writes, in this order, after its own file column.
 COLUMNS = (
@@ -74,8 +64,6 @@ _CATALOG_COLUMNS = [
     "sha256",
     "bytes",
 ]
-# errno values that mean "this filesystem cannot hard-link here": copy instead.
-_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
 
 
 @dataclass(frozen=True)
@@ -117,6 +105,16 @@ class Selection:
 
 
 @dataclass(frozen=True)
+class ExportOptions:
+    """How to write: ``link`` hard-links images when possible; ``split`` holds images out by
+    fingerprint (formats with splits only); ``merge`` adds to an existing dataset folder."""
+
+    link: bool = True
+    split: Split | None = None
+    merge: bool = False
+
+
+@dataclass(frozen=True)
 class ExportResult:
     """What an export wrote. ``os.fspath(result)`` is the export's path (folder, or CSV file)."""
 
@@ -131,6 +129,7 @@ class ExportResult:
     skipped_obsolete: int = 0
     skipped_unlabelled: int = 0
     notes: tuple[str, ...] = field(default=())
+    splits: dict[str, int] = field(default_factory=dict)  # exported images per split, with a split
 
     @property
     def total(self) -> int:
@@ -154,20 +153,12 @@ class ExportResult:
                 "obsolete": self.skipped_obsolete,
                 "unlabelled": self.skipped_unlabelled,
             },
+            "splits": dict(self.splits),
             "notes": list(self.notes),
         }
 
 
 # ---- paths ------------------------------------------------------------------------------
-def inside(root: Path, relpath: str | Path, what: str = "write") -> Path:
-    """``root / relpath`` resolved, refusing anything that escapes ``root`` (or is ``root``)."""
-    base = Path(root).resolve()
-    target = (base / relpath).resolve()
-    if not target.is_relative_to(base) or target == base:
-        raise ExportError(f"refusing to {what} {str(relpath)!r}: it resolves to {target}, outside {base}")
-    return target
-
-
 def safe_name(name: str) -> str:
     """A class name as a folder name: the spec validates this already; check again before writing."""
     import re
@@ -293,154 +284,42 @@ def csv_bytes(header: Sequence[str], records: Iterable[dict[str, Any]]) -> bytes
     return buf.getvalue().encode("utf-8")
 
 
-def jsonl_bytes(records: Iterable[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records).encode("utf-8")
+def by_split(rows: Iterable[ExportRow], split: Split | None) -> dict[str, list[ExportRow]]:
+    """The rows per split name, train first; everything is train without a split. A split that
+    gets no image is still a key (its folder is simply not written)."""
+    names = split.names if split is not None else (TRAIN,)
+    out: dict[str, list[ExportRow]] = {name: [] for name in names}
+    for row in rows:
+        out[split.of(row.fingerprint) if split is not None else TRAIN].append(row)
+    return out
 
 
-# ---- files ------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def empty_split_notes(groups: dict[str, list[ExportRow]]) -> tuple[str, ...]:
+    """A held-out split the fractions left empty (few images) is worth a word, not an error."""
+    return tuple(
+        f"the {name} split got no image: {sum(map(len, groups.values()))} images are too few for its fraction"
+        for name, rows in groups.items()
+        if not rows and name != TRAIN
+    )
 
 
-class DestWriter:
-    """Writes files under one export folder and keeps its manifest."""
-
-    def __init__(self, dest: Path, fmt: str, link: bool) -> None:
-        self.dest = Path(dest)
-        self.fmt = fmt
-        self.link = link
-        if self.dest.exists() and not self.dest.is_dir():
-            raise ExportError(f"the export destination {self.dest} exists and is not a folder")
-        self.dest.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(self.dest)  # temp files of an export that was killed
-        self.previous = self._read_manifest()
-        self.written: set[str] = set()
-        self.stats = {"linked": 0, "copied": 0, "unchanged": 0, "removed": 0}
-        self._linked_dirs: set[Path] = set()
-
-    def _read_manifest(self) -> set[str]:
-        try:
-            data = json.loads((self.dest / MANIFEST).read_text(encoding="utf-8"))
-            return {str(p) for p in data.get("files", [])}
-        except (OSError, ValueError, AttributeError):
-            return set()
-
-    def _target(self, rel: str) -> Path:
-        target = inside(self.dest, rel)
-        self.written.add(Path(rel).as_posix())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return target
-
-    def write_bytes(self, rel: str, data: bytes) -> Path:
-        target = self._target(rel)
-        _write_if_changed(target, data)
-        return target
-
-    def place(self, source: Path, rel: str, sha256: str | None = None) -> Path:
-        """Hard-link or copy ``source`` to ``dest/rel``; leave a matching file alone."""
-        target = self._target(rel)
-        src = source.stat()
-        try:
-            have = target.stat()
-        except FileNotFoundError:
-            have = None
-        if have is not None:
-            same_inode = (have.st_ino, have.st_dev) == (src.st_ino, src.st_dev)
-            if same_inode and self.link:
-                self.stats["unchanged"] += 1
-                return target
-            matches = not same_inode and have.st_size == src.st_size and _sha256(target) == (sha256 or _sha256(source))
-            if matches:
-                # A matching copy: keep it, unless a link was asked for and this filesystem can make one.
-                linked = self.link and self._try_link(source, target)
-                self.stats["linked" if linked else "unchanged"] += 1
-                return target
-        if self.link and self._try_link(source, target):
-            self.stats["linked"] += 1
-            return target
-        atomic_write(target, lambda fh: _copy_into(source, fh))
-        self.stats["copied"] += 1
-        return target
-
-    def _try_link(self, source: Path, target: Path) -> bool:
-        tmp = target.parent / f".{target.name}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            os.link(source, tmp)
-        except OSError as exc:
-            if exc.errno in _NO_LINK:
-                return False
-            raise ExportError(f"cannot link {source} to {target}: {exc}") from exc
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        self._linked_dirs.add(target.parent)
-        return True
-
-    def finish(self) -> dict[str, int]:
-        """Delete what the previous export here wrote and this one did not; save the manifest."""
-        for folder in self._linked_dirs:
-            fsync_dir(folder)
-        for rel in sorted(self.previous - self.written):
-            try:
-                stale = inside(self.dest, rel, what="delete")
-            except ExportError:
-                continue  # a manifest edited to point elsewhere: never delete outside dest
-            if stale.is_file() and not stale.is_symlink():
-                stale.unlink()
-                self.stats["removed"] += 1
-                self._prune_empty(stale.parent)
-        manifest = {"format": self.fmt, "files": sorted(self.written)}
-        _write_if_changed(self.dest / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
-        return dict(self.stats)
-
-    def _prune_empty(self, folder: Path) -> None:
-        base = self.dest.resolve()
-        while folder != base and folder.is_relative_to(base):
-            try:
-                folder.rmdir()
-            except OSError:
-                return
-            folder = folder.parent
-
-
-def _write_if_changed(target: Path, data: bytes) -> None:
-    try:
-        if target.is_file() and target.stat().st_size == len(data) and target.read_bytes() == data:
-            return
-    except OSError:
-        pass
-    atomic_write_bytes(target, data)
-
-
-def _copy_into(source: Path, fh: Any) -> None:
-    with open(source, "rb") as src:
-        shutil.copyfileobj(src, fh, 1 << 20)
-
-
-def write_class_folders(
-    selection: Selection,
-    dest: Path,
+def split_result(
     fmt: str,
-    link: bool,
-    *,
-    prefix: str,
-    metadata: str,
-    encode: Callable[[list[dict[str, Any]]], bytes],
+    dest: Path,
+    selection: Selection,
+    exported: Sequence[ExportRow],
+    groups: dict[str, list[ExportRow]],
+    options: ExportOptions,
+    stats: dict[str, int],
+    notes: tuple[str, ...] = (),
 ) -> ExportResult:
-    """The one-folder-per-class layouts: ``dest/<prefix><class>/<fingerprint>.png`` and a
-    metadata file beside the class folders whose ``file_name`` is relative to that file."""
-    out = DestWriter(dest, fmt, link)
-    records = []
-    for row in selection.rows:
-        rel = f"{row.class_name}/{row.fingerprint}{row.suffix}"
-        out.place(row.source, f"{prefix}{rel}", row.sha256)
-        records.append({"file_name": rel, **row.provenance()})
-    out.write_bytes(f"{prefix}{metadata}", encode(records))
-    stats = out.finish()
-    return ExportResult(dest, fmt, counts_by_class(selection.classes, selection.rows), **stats)
+    """The result of a format that may split and may leave images out (no label yet)."""
+    return ExportResult(
+        dest,
+        fmt,
+        counts_by_class(selection.classes, exported),
+        skipped_unlabelled=len(selection.rows) - len(exported),
+        notes=notes + empty_split_notes(groups),
+        splits={name: len(rows) for name, rows in groups.items()} if options.split else {},
+        **stats,
+    )

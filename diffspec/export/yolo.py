@@ -6,19 +6,13 @@ segment stage, :mod:`diffspec.stages.segment_stage`), never invented: with no se
 export stops with an error instead of writing empty label files, which would teach a detector
 that the images hold no objects.
 
-What this export reads from the ``segment`` table:
+What it reads from the table: :mod:`diffspec.export.segments`. A kept mask is written as its
+polygon (the segmentation label); its box only where it has no polygon. Images with no row
+are not segmented yet and are left out of the export (counted as unlabelled).
 
-    fingerprint  string          the image
-    class_name   string or null  the instance's class (null: the image's class)
-    polygon      list<double>    normalised x1, y1, x2, y2, ... (segmentation label), or null
-    box          list<double>    normalised x_center, y_center, width, height (detection label), or null
-    kept         bool            optional: false for a detection whose mask the mask rules dropped
-    run_id       string          optional: only the latest run's rows of an image count
-
-One row per instance; a row with neither polygon nor box records an image the stage looked at
-and found nothing in (an empty label file). A kept mask is written as its polygon (the
-segmentation label); its box only where it has no polygon. Images with no row are not
-segmented yet and are left out of the export (counted as unlabelled).
+With a split (:mod:`diffspec.export.split`) the images and labels of each split go to
+``images/<split>/`` and ``labels/<split>/`` and ``data.yaml`` points ``train``, ``val`` (and
+``test``) at them; without one, everything is ``train`` and ``val`` points at it too.
 """
 
 from __future__ import annotations
@@ -30,12 +24,11 @@ from typing import Any
 
 from diffspec.catalog.store import Catalog
 from diffspec.errors import ExportError
-from diffspec.export.common import DestWriter, ExportResult, Selection, counts_by_class
+from diffspec.export.common import ExportOptions, ExportResult, Selection, by_split, split_result
+from diffspec.export.dest import DestWriter
+from diffspec.export.segments import has_segment_output, read_instances, unlabelled_notes
+from diffspec.export.split import TEST, TRAIN, VAL
 from diffspec.spec.loader import LoadedSpec
-from diffspec.stages.segment_stage import live_segment_rows
-
-SEGMENT_STAGE = "segment"
-SPLIT = "train"
 
 
 def _no_labels_error(loaded: LoadedSpec) -> ExportError:
@@ -66,47 +59,33 @@ def read_labels(
 ) -> dict[str, list[tuple[int | None, str]]]:
     """Per image fingerprint: (class id, or None for the image's own class; coordinates) per
     instance, from the ``segment`` stage table."""
-    if SEGMENT_STAGE not in catalog.stages() or not catalog.parts(SEGMENT_STAGE):
+    if not has_segment_output(catalog):
         raise _no_labels_error(loaded)
-    table = live_segment_rows(catalog)
-    columns = set(table.column_names)
-    if "fingerprint" not in columns or not columns & {"polygon", "box"}:
-        raise ExportError(
-            f"the segment stage table under {catalog.stage_dir(SEGMENT_STAGE)} has columns "
-            f"{sorted(columns)}; YOLO export needs fingerprint and polygon or box"
-        )
-    ids = {name: i for i, name in enumerate(classes)}
-    names = ("fingerprint", "class_name", "polygon", "box", "run_id", "kept")
-    get = {c: (table.column(c).to_pylist() if c in columns else [None] * table.num_rows) for c in names}
-    latest_run: dict[str, Any] = {}
-    for fp, run in zip(get["fingerprint"], get["run_id"]):
-        latest_run[fp] = run  # parts are read in time order: the last one seen is the latest
     labels: dict[str, list[tuple[int | None, str]]] = {}
-    for fp, cls, polygon, box, run, kept in zip(*(get[c] for c in names)):
-        if run != latest_run[fp]:
-            continue
-        instances = labels.setdefault(fp, [])
-        if kept is False or (polygon is None and box is None):
-            continue  # looked at: nothing found, or a mask the rules dropped
-        kind, values = ("polygon", polygon) if polygon is not None else ("box", box)
-        if cls is not None and cls not in ids:
-            raise ExportError(
-                f"segment row of image {fp} names class {cls!r}, which is not a class of the spec "
-                f"({', '.join(classes)})"
-            )
-        body = " ".join(f"{c:.6g}" for c in _coords(values, kind, fp))
-        instances.append((ids[cls] if cls is not None else None, body))
+    for fp, instances in read_instances(catalog, classes, needs=("polygon", "box")).items():
+        lines = labels.setdefault(fp, [])
+        for inst in instances:
+            if inst.polygon is None and inst.box is None:
+                continue  # a mask without an outline: nothing a YOLO line can hold
+            kind, values = ("polygon", inst.polygon) if inst.polygon is not None else ("box", inst.box)
+            lines.append((inst.class_id, " ".join(f"{c:.6g}" for c in _coords(values, kind, fp))))
     return labels
 
 
-def data_yaml(dest: Path, classes: tuple[str, ...], spec_path: Path) -> str:
+def data_yaml(dest: Path, classes: tuple[str, ...], spec_path: Path, splits: tuple[str, ...]) -> str:
     q = json.dumps  # a JSON string is a valid YAML scalar, whatever the class name holds
+    held_out = [name for name in splits if name != TRAIN]
     lines = [
         f"# Written by `diffspec export --format yolo` from {spec_path.name}.",
-        "# There is no held-out split: point `val` at real images before you train.",
+        *(
+            ()
+            if VAL in held_out
+            else ("# There is no held-out split: point `val` at real images before you train (or export with --val).",)
+        ),
         f"path: {q(str(dest.resolve()))}",
-        f"train: {q(f'images/{SPLIT}')}",
-        f"val: {q(f'images/{SPLIT}')}",
+        f"train: {q(f'images/{TRAIN}')}",
+        f"val: {q(f'images/{VAL if VAL in held_out else TRAIN}')}",
+        *((f"test: {q(f'images/{TEST}')}",) if TEST in held_out else ()),
         f"nc: {len(classes)}",
         "names:",
         *(f"  {i}: {q(name)}" for i, name in enumerate(classes)),
@@ -114,30 +93,23 @@ def data_yaml(dest: Path, classes: tuple[str, ...], spec_path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(loaded: LoadedSpec, catalog: Catalog, selection: Selection, dest: Path, *, link: bool) -> ExportResult:
+def write(
+    loaded: LoadedSpec, catalog: Catalog, selection: Selection, dest: Path, options: ExportOptions
+) -> ExportResult:
     labels = read_labels(loaded, catalog, selection.classes)
     ids = {name: i for i, name in enumerate(selection.classes)}
-    out = DestWriter(dest, "yolo", link)
-    exported = []
-    for row in selection.rows:
-        if row.fingerprint not in labels:
-            continue
-        own = ids[row.class_name]
-        text = "".join(f"{own if cid is None else cid} {body}\n" for cid, body in labels[row.fingerprint])
-        out.place(row.source, f"images/{SPLIT}/{row.fingerprint}{row.suffix}", row.sha256)
-        out.write_bytes(f"labels/{SPLIT}/{row.fingerprint}.txt", text.encode())
-        exported.append(row)
+    out = DestWriter(dest, "yolo", options.link)
+    exported = [row for row in selection.rows if row.fingerprint in labels]
+    groups = by_split(exported, options.split)
+    for split, rows in groups.items():
+        for row in rows:
+            own = ids[row.class_name]
+            text = "".join(f"{own if cid is None else cid} {body}\n" for cid, body in labels[row.fingerprint])
+            out.place(row.source, f"images/{split}/{row.fingerprint}{row.suffix}", row.sha256)
+            out.write_bytes(f"labels/{split}/{row.fingerprint}.txt", text.encode())
+    written = tuple(name for name, rows in groups.items() if rows or name == TRAIN)
     out.write_bytes("classes.txt", "".join(f"{name}\n" for name in selection.classes).encode())
-    out.write_bytes("data.yaml", data_yaml(dest, selection.classes, loaded.path).encode())
+    out.write_bytes("data.yaml", data_yaml(dest, selection.classes, loaded.path, written).encode())
     stats = out.finish()
-    unlabelled = len(selection.rows) - len(exported)
-    notes = (
-        (
-            f"{unlabelled} image{'s have' if unlabelled != 1 else ' has'} no segment output yet and {'were' if unlabelled != 1 else 'was'} left out",
-        )
-        if unlabelled
-        else ()
-    )
-    return ExportResult(
-        dest, "yolo", counts_by_class(selection.classes, exported), skipped_unlabelled=unlabelled, notes=notes, **stats
-    )
+    notes = unlabelled_notes(len(selection.rows) - len(exported))
+    return split_result("yolo", dest, selection, exported, groups, options, stats, notes)

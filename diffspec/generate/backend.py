@@ -12,6 +12,8 @@ Reproducibility rules:
 * one ``torch.Generator(device="cpu").manual_seed(unit.seed)`` per image, passed as a list,
   so a seed is the same noise on any device and an image does not depend on its place in
   the batch (nor on its batch mates: text is encoded per prompt, padded to a fixed length);
+* for SD and SDXL each distinct text is encoded once per loaded pipeline and reused across
+  batches (``diffspec.generate.text_cache``), the same tensors the pipeline would compute;
 * a fresh scheduler per call, built from the cached config of (scheduler name, kwargs), so no
   scheduler state leaks from one call into the next.
 """
@@ -38,6 +40,7 @@ from diffspec.generate.memory import apply_strategy, is_out_of_memory
 from diffspec.generate.prompts import has_weighting, is_weighted, parse_a1111, plain_text, unescape
 from diffspec.generate.schedulers import make_scheduler
 from diffspec.generate.speed import SpeedRuntime
+from diffspec.generate.text_cache import TextEmbedding, TextEmbeddingCache
 from diffspec.plan.unit import ModelRef, PipelineKey, WorkUnit
 from diffspec.tables.families import (
     KANDINSKY_PRIOR_GUIDANCE,
@@ -105,6 +108,7 @@ class Backend:
         self._base_scheduler_config = {**dict(base.config), "_class_name": type(base).__name__}
         self._schedulers: dict[tuple[str, tuple], tuple[Any, dict[str, Any]]] = {}
         self._compel: tuple[Any, Any] | None = None
+        self._texts = TextEmbeddingCache(self._encode_text)
         self._warned: set[str] = set()
         self._call_params = self._parameters_of_call()
 
@@ -187,6 +191,7 @@ class Backend:
         """Free the pipeline's memory."""
         pipe, self.pipe = self.pipe, None
         self._compel = None
+        self._texts.clear()
         if pipe is not None:
             with contextlib.suppress(Exception):
                 pipe.remove_all_hooks()
@@ -308,19 +313,7 @@ class Backend:
             return {"prompt": [unescape(p) for p in prompts]}
         if self.family not in PROMPT_WEIGHTING_FAMILIES:
             return {"prompt": [unescape(p) for p in prompts], "negative_prompt": [unescape(n) for n in negatives]}
-        # sd / sdxl
-        weighted = any(is_weighted(p) for p in prompts) or (do_cfg and any(is_weighted(n) for n in negatives))
-        # SDXL zeroes an absent negative (force_zeros_for_empty_prompt) but encodes "" when some
-        # other unit of the batch has a negative: per-unit embeddings keep each image independent.
-        mixed = self.family == "sdxl" and do_cfg and any(negatives) and not all(negatives)
-        if weighted or mixed:
-            return self._sd_embeddings(prompts, negatives, do_cfg)
-        text = {"prompt": [plain_text(p) for p in prompts]}
-        if self.family == "sdxl" and not any(negatives):
-            text["negative_prompt"] = None
-        else:
-            text["negative_prompt"] = [plain_text(n) for n in negatives]
-        return text
+        return self._sd_embeddings(prompts, negatives, do_cfg)
 
     def _call_kwargs(self, units: Sequence[WorkUnit], key: PipelineKey, generators: list) -> dict[str, Any]:
         kwargs = self._text_kwargs(units, key)
@@ -381,53 +374,49 @@ class Backend:
         pooled = second.conditioning_provider.get_pooled_embeddings([plain_text(text)], device=embeds_2.device)
         return torch.cat([embeds, embeds_2.to(embeds.device)], dim=-1), pooled
 
-    def _sd_embeddings(self, prompts: list[str], negatives: list[str], do_cfg: bool) -> dict[str, Any]:
-        """Per-unit text embeddings for sd/sdxl: compel for weighted texts, the pipeline's own
-        ``encode_prompt`` for plain ones, so a unit's embedding never depends on its batch."""
+    def _encode_text(self, text: str) -> TextEmbedding:
+        """One text alone through the pipeline's own ``encode_prompt`` (compel for A1111 weights)."""
         pipe = self.pipe
         device = pipe._execution_device
         dtype = pipe.unet.dtype
-        pos, neg, pos_pooled, neg_pooled = [], [], [], []
-        for prompt, negative in zip(prompts, negatives):
-            sdxl = self.family == "sdxl"
-            neg_arg = None if (sdxl and not negative) else [plain_text(negative)]
-            if sdxl:
-                pe, ne, pp, npp = pipe.encode_prompt(
-                    prompt=[plain_text(prompt)],
-                    device=device,
-                    num_images_per_prompt=1,
-                    do_classifier_free_guidance=do_cfg,
-                    negative_prompt=neg_arg,
-                )
-            else:
-                pe, ne = pipe.encode_prompt(
-                    [plain_text(prompt)],
-                    device,
-                    1,
-                    do_cfg,
-                    negative_prompt=neg_arg,
-                )
-                pp = npp = None
-            if is_weighted(prompt):
-                pe, weighted_pooled = self._compel_embed(prompt)
-                pp = weighted_pooled if sdxl else None
-            if do_cfg and is_weighted(negative):
-                ne, weighted_pooled = self._compel_embed(negative)
-                npp = weighted_pooled if sdxl else None
-            pos.append(pe.to(device=device, dtype=dtype))
-            if do_cfg:
-                neg.append(ne.to(device=device, dtype=dtype))
-            if sdxl:
-                pos_pooled.append(pp.to(device=device, dtype=dtype))
-                if do_cfg:
-                    neg_pooled.append(npp.to(device=device, dtype=dtype))
-        out: dict[str, Any] = {"prompt_embeds": torch.cat(pos)}
-        if do_cfg:
-            out["negative_prompt_embeds"] = torch.cat(neg)
-        if self.family == "sdxl":
-            out["pooled_prompt_embeds"] = torch.cat(pos_pooled)
-            if do_cfg:
-                out["negative_pooled_prompt_embeds"] = torch.cat(neg_pooled)
+        sdxl = self.family == "sdxl"
+        if is_weighted(text):
+            embeds, pooled = self._compel_embed(text)
+        elif sdxl:
+            embeds, _, pooled, _ = pipe.encode_prompt(
+                prompt=[plain_text(text)], device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            )
+        else:
+            embeds, _ = pipe.encode_prompt([plain_text(text)], device, 1, False)
+            pooled = None
+        return TextEmbedding(
+            embeds.to(device=device, dtype=dtype), pooled.to(device=device, dtype=dtype) if sdxl else None
+        )
+
+    def _sd_embeddings(self, prompts: list[str], negatives: list[str], do_cfg: bool) -> dict[str, Any]:
+        """Per-unit text embeddings for sd/sdxl from the run's cache: each distinct text is
+        encoded once (``text_cache``), and a unit's embedding never depends on its batch."""
+        sdxl = self.family == "sdxl"
+        pos = [self._texts.get(p) for p in prompts]
+        out: dict[str, Any] = {"prompt_embeds": torch.cat([e.embeds for e in pos])}
+        if sdxl:
+            out["pooled_prompt_embeds"] = torch.cat([e.pooled for e in pos])
+        if not do_cfg:
+            return out
+        # SDXL zeroes an absent negative (force_zeros_for_empty_prompt), as its encode_prompt does.
+        zero_empty = sdxl and bool(getattr(self.pipe.config, "force_zeros_for_empty_prompt", False))
+        neg, neg_pooled = [], []
+        for negative, p in zip(negatives, pos):
+            if zero_empty and not negative:
+                neg.append(torch.zeros_like(p.embeds))
+                neg_pooled.append(torch.zeros_like(p.pooled))
+                continue
+            e = self._texts.get(negative)
+            neg.append(e.embeds)
+            neg_pooled.append(e.pooled)
+        out["negative_prompt_embeds"] = torch.cat(neg)
+        if sdxl:
+            out["negative_pooled_prompt_embeds"] = torch.cat(neg_pooled)
         return out
 
     # ------------------------------------------------------------------ family specifics

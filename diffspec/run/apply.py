@@ -436,6 +436,11 @@ def _apply_locked(
             runner.abort() if isinstance(error, KeyboardInterrupt) else runner.close()
         except BaseException:
             pass
+        try:
+            recorder.flush()  # the rows of the last batches (one part per couple of seconds)
+        except BaseException as exc:  # a full disk: the files are whole; the next apply adopts them
+            if error is None:
+                error = exc
     t_batches = time.perf_counter() - t0
     # Temp files of dead workers; nobody else writes here (we hold the lock). Only after a
     # death: a live writer removes its own temp files, and this walks every image folder.

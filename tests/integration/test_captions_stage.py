@@ -87,6 +87,13 @@ def test_captions_then_their_images_in_one_apply_then_nothing(tmp_path: Path, ti
     assert {r["caption"] for r in table} <= {r["text"] for r in rows}
     assert {r["source_text"] for r in table} == {"Almond Horchata", "steak"}
 
+    lora = project.export("captions-txt", tmp_path / "lora")  # every image, its caption beside it
+    assert lora.total == 11
+    for row in table:  # an image made from a caption: the caption is in its .txt, as written
+        fingerprint = Path(row["image_file"]).stem
+        (txt,) = (tmp_path / "lora").glob(f"1_*/{fingerprint}.txt")
+        assert " ".join(row["caption"].split()) in txt.read_text(encoding="utf-8")
+
 
 def test_a_temperature_change_replans_the_captions_and_their_images_only(tmp_path: Path, tiny_lm: Path) -> None:  # noqa: F811
     spec = _spec(tmp_path, tiny_lm)

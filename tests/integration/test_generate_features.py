@@ -215,3 +215,48 @@ def test_mixed_negatives_do_not_couple_batch_mates(family, tiny_model):
         batched = backend.generate(units)
         single = [backend.generate([unit])[0] for unit in units]
     assert max(max_diff(a.image, b.image) for a, b in zip(batched, single)) <= 2
+
+
+# ---------------------------------------------------------------------------------------- text cache
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_each_distinct_text_is_encoded_once_and_gives_the_pipelines_own_pictures(tiny_model, family):
+    """The embedding cache must be invisible: the same pictures as the pipeline encoding the
+    strings itself, with each distinct prompt and negative encoded once across batches."""
+    import torch
+
+    from diffspec.generate.backend import Backend
+
+    key = make_key(tiny_model(family, "txt2img"), family, size=32, steps=2, guidance=6.0)
+    prompts = ["a red apple", "a green pear", "a red apple", "a green pear"]
+    negatives = ["blurry", "", "blurry", ""]
+    units = make_units(key, [1, 2, 3, 4], prompt=prompts, negative=negatives)
+    with Backend(key) as backend:
+        first = backend.generate(units[:2])
+        second = backend.generate(units[2:])
+        stats = backend._texts.stats()
+        # SDXL zeroes an empty negative like its encode_prompt does, so "" is never encoded there.
+        distinct = {"a red apple", "a green pear", "blurry"} | ({""} if family == "sd" else set())
+        lookups = 2 * len(units) - (2 if family == "sdxl" else 0)
+        assert (stats["misses"], stats["hits"]) == (len(distinct), lookups - len(distinct)), stats
+        own = []
+        for unit, negative in ((units[0], "blurry"), (units[1], None)):
+            backend._use_scheduler(key)
+            own.append(
+                backend.pipe(
+                    prompt=[unit.prompt],
+                    negative_prompt=[negative] if negative else None,
+                    num_inference_steps=2,
+                    guidance_scale=6.0,
+                    height=32,
+                    width=32,
+                    generator=[torch.Generator().manual_seed(unit.seed)],
+                ).images[0]
+            )
+    # `first` ran as a batch of 2, `own` one by one: within float rounding (docs/determinism.md).
+    assert max(max_diff(g.image, o) for g, o in zip(first, own)) <= 1
+    # A unit's picture does not depend on the batch it ran in, nor on what the cache held.
+    with Backend(key) as fresh:
+        alone = fresh.generate([units[3]])
+    assert max_diff(alone[0].image, second[1].image) <= 1

@@ -2,7 +2,8 @@
 random-weight Grounding DINO and SAM (built from configs, loaded through from_pretrained):
 plan shows the stage's units per class, apply records boxes and masks batch by batch in the
 ``segment`` table, a second apply makes nothing, a mask-rule change re-plans the masks only, and
-the YOLO export is read back by a real consumer (supervision)."""
+the YOLO export (split or not) and the COCO export are read back by real consumers
+(supervision, pycocotools)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 try:
@@ -258,3 +260,93 @@ def test_a_saved_plan_runs_its_stage_units(tmp_path: Path, tiny_dino, tiny_sam) 
     result = project.apply(load_plan(tmp_path / "plan.json"), progress=False)
     assert result.stages["run"]["segment"]["made"] == 7
     assert load_plan(tmp_path / "plan.json").stages[0].total_create == 0  # resumable: nothing left
+
+
+def test_coco_export_is_read_by_pycocotools_with_one_annotation_per_kept_mask(applied: Path) -> None:
+    coco_api = pytest.importorskip("pycocotools.coco")
+    mask_api = pytest.importorskip("pycocotools.mask")
+    from PIL import Image
+
+    from diffspec.catalog.store import Catalog, utcnow
+    from diffspec.catalog.verdicts import REVIEW_SCHEMA, REVIEW_TABLE
+    from diffspec.export import Split
+
+    project = Project(applied)
+    kept = project.query("SELECT fingerprint, class_name, rle, width, height FROM segment WHERE kept").to_pylist()
+    # A person rejects one image that has masks: it and its masks stay out of the export.
+    rejected = kept[0]["fingerprint"]
+    decision = {
+        "fingerprint": rejected,
+        "class_name": None,
+        "decision": "reject",
+        "session_id": "s",
+        "created_at": utcnow(),
+    }
+    Catalog(project.output).append_stage(REVIEW_TABLE, pa.Table.from_pylist([decision], schema=REVIEW_SCHEMA), "s")
+    expected = [k for k in kept if k["fingerprint"] != rejected]
+
+    split = Split(val=0.3)
+    dest = applied.parent / "coco"
+    result = project.export("coco", dest, split=split)
+    assert result.total == sum(CLASSES.values()) - 1 and result.skipped_rejected == 1
+    assert set(result.splits) == {"train", "val"} and all(result.splits.values())
+    annotations = 0
+    for name in ("train", "val"):
+        coco = coco_api.COCO(str(dest / "annotations" / f"instances_{name}.json"))
+        assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(CLASSES)
+        images = coco.loadImgs(coco.getImgIds())
+        assert len(images) == result.splits[name]  # images without masks are listed too
+        assert {split.of(img["fingerprint"]) for img in images} == {name}
+        for ann in coco.loadAnns(coco.getAnnIds()):
+            image = coco.loadImgs(ann["image_id"])[0]
+            with Image.open(dest / name / image["file_name"]) as im:
+                assert coco.annToMask(ann).shape == (im.height, im.width)
+            mine = [k for k in expected if k["fingerprint"] == image["fingerprint"]]
+            decoded = mask_api.decode(coco.annToRLE(ann))
+            assert any(
+                (rle_decode(rle_from_string(k["rle"], (k["height"], k["width"]))) == decoded.astype(bool)).all()
+                for k in mine
+            )
+            assert ann["bbox"] == mask_api.toBbox(coco.annToRLE(ann)).tolist() and ann["area"] == decoded.sum()
+            assert coco.loadCats(ann["category_id"])[0]["name"] == mine[0]["class_name"]
+        annotations += len(coco.getAnnIds())
+    assert expected and annotations == len(expected)  # one annotation per kept mask the catalog holds
+
+
+def test_yolo_split_is_read_by_supervision_split_by_split(applied: Path) -> None:
+    sv = pytest.importorskip("supervision")
+    import ruamel.yaml
+
+    from diffspec.export import Split
+
+    project = Project(applied)
+    split = Split(val=0.3, test=0.2)
+    dest = applied.parent / "yolo-split"
+    result = project.export("yolo", dest, split=split)
+    data = ruamel.yaml.YAML(typ="safe").load((dest / "data.yaml").read_text())
+    kept = project.query("SELECT fingerprint FROM segment WHERE kept").column(0).to_pylist()
+    assert kept and result.splits["train"] and result.splits["val"]
+    seen: dict[str, str] = {}
+    masks = 0
+    for name in ("train", "val", "test"):
+        if not result.splits[name]:
+            assert name not in data or name == "val"
+            continue
+        assert data[name] == f"images/{name}"
+        dataset = sv.DetectionDataset.from_yolo(
+            images_directory_path=str(dest / data[name]),
+            annotations_directory_path=str(dest / "labels" / name),
+            data_yaml_path=str(dest / "data.yaml"),
+            force_masks=True,
+        )
+        assert len(dataset) == result.splits[name] and dataset.classes == list(CLASSES)
+        for path, _image, detections in dataset:
+            seen[Path(path).stem] = name
+            masks += len(detections)
+    assert len(seen) == sum(CLASSES.values()) and all(split.of(fp) == name for fp, name in seen.items())
+    assert masks == len(kept)
+
+    before = {p: p.stat().st_mtime_ns for p in dest.rglob("*") if p.is_file()}
+    again = project.export("yolo", dest, split=split)
+    assert again.linked == again.copied == again.removed == 0
+    assert {p: p.stat().st_mtime_ns for p in dest.rglob("*") if p.is_file()} == before

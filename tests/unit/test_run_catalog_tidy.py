@@ -48,10 +48,26 @@ def test_a_killed_runs_parts_are_merged_and_a_half_done_compaction_is_finished(t
 def test_the_current_runs_parts_are_left_alone_and_merged_at_its_end(tmp_path: Path) -> None:
     cat = Catalog(tmp_path)
     run = "20260101T000300-dddddd"
-    rec = Recorder(cat, run, compact_every=2)
+    rec = Recorder(cat, run, compact_every=2, flush_seconds=0)  # a part per call
     for i in range(5):
         assert len(rec(rows([f"r{i}"], run))) == 1
     assert rec(rows(["r0"], run)) == []  # each fingerprint once per run
     assert tidy_catalog(cat, current_run=run) == []
     assert merge_run_parts(cat, run) >= 2
     assert len(cat.parts("images")) == 1 and sorted(raw_fps(cat)) == [f"r{i}" for i in range(5)]
+
+
+def test_rows_go_out_as_one_part_per_interval_and_the_rest_at_flush(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path)
+    run = "20260101T000400-eeeeee"
+    rec = Recorder(cat, run, flush_seconds=3600)
+    rec(rows(["f0"], run))  # the first batch is recorded at once
+    assert raw_fps(cat) == ["f0"] and rec.pending == 0
+    for i in range(1, 4):
+        assert len(rec(rows([f"f{i}"], run))) == 1
+    assert rec(rows(["f2"], run)) == []  # taken once, even while it waits
+    assert raw_fps(cat) == ["f0"] and rec.pending == 3
+    rec.flush()
+    assert sorted(raw_fps(cat)) == ["f0", "f1", "f2", "f3"] and len(cat.parts("images")) == 2
+    rec.flush()  # nothing waits: no empty part
+    assert len(cat.parts("images")) == 2
