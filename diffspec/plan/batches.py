@@ -29,6 +29,7 @@ class Batch:
     key: PipelineKey
     units: tuple[WorkUnit, ...]
     strategy: str  # the memory strategy to load the pipeline with
+    tune: bool = False  # measure smaller calls and keep the fastest size (budget.tune_batch)
 
     def __len__(self) -> int:
         return len(self.units)
@@ -46,6 +47,7 @@ def make_batches(
     units: Iterable[WorkUnit],
     size_of: Callable[[PipelineKey], int],
     strategy_of: Callable[[PipelineKey], str] | None = None,
+    tune: bool = False,
 ) -> list[Batch]:
     """Batches of units sharing a key, at most ``size_of(key)`` units each, deterministic order.
 
@@ -68,10 +70,12 @@ def make_batches(
         strategy = strategy_of(key) if strategy_of else "none"
         group = by_key[key]
         for start in range(0, len(group), size):
-            batches.append(Batch(len(batches), key, tuple(group[start : start + size]), strategy))
+            batches.append(Batch(len(batches), key, tuple(group[start : start + size]), strategy, tune))
     return batches
 
 
 def plan_batches(units: Iterable[WorkUnit], execution: ExecutionPlan) -> list[Batch]:
     """The batches of ``units`` under the plan's decisions: its batch size and strategy per group."""
-    return make_batches(units, lambda k: execution.decision(k).batch_size, execution.strategy_for)
+    return make_batches(
+        units, lambda k: execution.decision(k).batch_size, execution.strategy_for, tune=execution.budget.tune_batch
+    )

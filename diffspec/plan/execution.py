@@ -49,6 +49,7 @@ class BudgetInputs:
     workers: int | None
     gpus_per_actor: float | None = None  # the Ray executor's GPU share per actor (None: a whole GPU)
     shared_storage: bool = False  # every Ray node mounts the output root: actors write the files
+    tune_batch: bool = False  # workers measure smaller calls and keep the fastest batch size
 
     @classmethod
     def from_budget(cls, budget: Any) -> BudgetInputs:
@@ -63,6 +64,7 @@ class BudgetInputs:
             budget.workers,
             float(share) if share is not None else None,
             bool(getattr(budget, "shared_storage", False)),
+            bool(getattr(budget, "tune_batch", False)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,6 +81,8 @@ class BudgetInputs:
             out["gpus_per_actor"] = self.gpus_per_actor
         if self.shared_storage:
             out["shared_storage"] = True
+        if self.tune_batch:
+            out["tune_batch"] = True
         return out
 
     @classmethod
@@ -94,6 +98,7 @@ class BudgetInputs:
             data.get("workers"),
             float(share) if share is not None else None,
             bool(data.get("shared_storage", False)),
+            bool(data.get("tune_batch", False)),
         )
 
 
@@ -210,9 +215,10 @@ class ExecutionPlan:
                 f"{self.memory_gb:.1f} GB per {per} ({self.memory_from})"
             )
         per = "GPU" if self.device_kind == "cuda" else "worker"
+        tuned = "; batch sizes tuned from measured throughput" if self.budget.tune_batch else ""
         return (
             f"{self.executor}, {self.workers} worker{'s' if self.workers != 1 else ''} on {where}, "
-            f"{self.memory_gb:.1f} GB per {per} ({self.memory_from})"
+            f"{self.memory_gb:.1f} GB per {per} ({self.memory_from}){tuned}"
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,6 +6,8 @@ closes it and loads the next. Memory at run time:
 
 * an out-of-memory error (``diffspec.generate.memory.is_out_of_memory``) halves the batch and
   retries; the smaller size sticks for that key for the rest of the run;
+* with ``budget.tune_batch`` the first calls of each key measure a few sizes up to the planned
+  one and keep the fastest (:mod:`diffspec.run.batch_tuning`);
 * at batch size 1 it escalates the memory strategy (``escalate``: attention slicing → VAE
   tiling → model offload → sequential offload) and retries;
 * with no strategy left the unit fails.
@@ -26,6 +28,7 @@ from typing import Any
 
 from diffspec.plan.batches import Batch
 from diffspec.plan.unit import PipelineKey, WorkUnit
+from diffspec.run.batch_tuning import BatchTuner
 from diffspec.run.events import RunEvent, UnitFailure, event
 from diffspec.run.numerics import thread_invariant_convolutions
 
@@ -92,6 +95,7 @@ class BatchRunner:
         self.caps: dict[PipelineKey, int] = {}
         self.broken: dict[Any, str] = {}  # load_key -> why it cannot load
         self._sched: dict[PipelineKey, dict[str, Any]] = {}
+        self.tuners: dict[PipelineKey, BatchTuner] = {}
 
     # ---- pipeline ---------------------------------------------------------------------
     def _ensure(self, batch: Batch, out: BatchOutput) -> Any:
@@ -137,6 +141,14 @@ class BatchRunner:
                 self._sched[key] = {"error": _short(exc)}
         return self._sched[key]
 
+    def _tuner(self, batch: Batch) -> BatchTuner | None:
+        """The key's batch-size tuner when the plan asks for tuning (``budget.tune_batch``)."""
+        if not batch.tune:
+            return None
+        if batch.key not in self.tuners:
+            self.tuners[batch.key] = BatchTuner(self.caps.get(batch.key, len(batch.units)))
+        return self.tuners[batch.key]
+
     # ---- run --------------------------------------------------------------------------
     def run(self, batch: Batch) -> BatchOutput:
         from diffspec.generate.memory import escalate, is_out_of_memory
@@ -160,13 +172,18 @@ class BatchRunner:
             return out
         out.dtype = _dtype_of(backend)
         key = batch.key
-        cap = min(self.caps.get(key, len(batch.units)), len(batch.units))
-        todo: deque[tuple[WorkUnit, ...]] = deque(
-            tuple(batch.units[i : i + cap]) for i in range(0, len(batch.units), cap)
-        )
+        tuner = self._tuner(batch)
+        pending = list(batch.units)  # not yet cut into calls: sizes follow the cap and the tuner
+        todo: deque[tuple[WorkUnit, ...]] = deque()
         isolated: set[str] = set()  # units retried alone after an error
-        while todo:
+        while todo or pending:
+            if not todo:
+                size = tuner.next_size() if tuner is not None else len(pending)
+                size = max(1, min(size, self.caps.get(key, size), len(pending)))
+                todo.append(tuple(pending[:size]))
+                del pending[:size]
             chunk = todo.popleft()
+            started = time.perf_counter()
             try:
                 with thread_invariant_convolutions(self.device):
                     images = backend.generate(list(chunk))
@@ -176,6 +193,8 @@ class BatchRunner:
                     if len(chunk) > 1:
                         half = (len(chunk) + 1) // 2
                         self.caps[key] = min(self.caps.get(key, half), half)
+                        if tuner is not None:
+                            tuner.cap(self.caps[key])
                         out.events.append(
                             event(
                                 "oom_retry",
@@ -238,6 +257,19 @@ class BatchRunner:
                 )
                 out.failures.append(UnitFailure(chunk[0].fingerprint, message))
                 continue
+            if tuner is not None and not isolated.intersection(u.fingerprint for u in chunk):
+                if tuner.observe(len(chunk), time.perf_counter() - started):
+                    out.events.append(
+                        event(
+                            "batch_tuned",
+                            f"{key.model.name} on {self.device}: {tuner.describe()}",
+                            worker=self.worker,
+                            device=self.device,
+                            model=key.model.source,
+                            batch=tuner.chosen,
+                            trials={str(k): round(v, 6) for k, v in sorted(tuner.seconds_per_image.items())},
+                        )
+                    )
             by_fp = {g.fingerprint: g for g in images}
             for unit in chunk:
                 g = by_fp.get(unit.fingerprint)

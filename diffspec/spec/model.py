@@ -390,6 +390,14 @@ class Budget(StrictModel):
     )
     devices: Literal["auto", "cpu"] | list[Annotated[int, Field(ge=0)]] = "auto"
     max_batch: Annotated[int, Field(ge=1, le=1024)] = 8
+    tune_batch: bool = Field(
+        False,
+        description=(
+            "Measure the first calls at the planned batch size, half and a quarter of it, and keep the "
+            "fastest for the rest of the run (recorded in the run). Off: every call at the planned size, "
+            "so a plan gives the same bytes every time."
+        ),
+    )
     workers: Annotated[int, Field(ge=1, le=64)] | None = Field(
         None, description="CPU worker processes (default 1); GPUs get one worker each."
     )

@@ -225,3 +225,21 @@ def test_writing_outside_the_output_root_is_refused(tmp_path: Path) -> None:
     (tmp_path / "images" / "evil").symlink_to("/tmp")
     with pytest.raises(DiffspecError, match="outside the output root"):
         check_inside(tmp_path, "images/evil/x.png")
+
+
+def test_a_tuned_run_records_its_choice_and_the_size_of_every_image(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path, 'a: {target: 24, prompt: "a photo of a cat"}', max_batch=4, extra_budget="tune_batch: true"
+    )
+    project = Project(spec)
+    plan = project.plan()
+    assert "tuned" in plan.execution.describe()
+    result = project.apply(plan, progress=False)
+    assert result.made == 24 and result.failed == 0
+    tuned = [m for m in result.log if "batch size" in m and " of 4, 2, 1 " in m]
+    assert len(tuned) == 1, result.log
+    chosen = int(tuned[0].split("batch size ")[1].split()[0])
+    sizes = [r["batch_size"] for r in Catalog(project.output).live_images(["batch_size"]).to_pylist()]
+    # a warm-up and one trial at each of 4, 2 and 1, then the choice for the rest
+    assert set(sizes) <= {4, 2, 1} and sizes.count(chosen) >= 12
+    check_catalog(project.output, expected=24)

@@ -117,3 +117,54 @@ def test_the_pipeline_is_loaded_once_for_all_batches_of_a_model() -> None:
     for b in make_batches(units(10), lambda k: 3):
         runner.run(b)
     assert FakeBackend.loads == 1
+
+
+class TimedBackend(FakeBackend):
+    """A backend whose calls cost `0.004 + 0.001 n` seconds, plus `0.002 n` above 4 images
+    (the device saturates): 4 is the fastest size per image. Time is a fake clock, no sleeping."""
+
+    clock = [0.0]
+
+    def generate(self, units):
+        n = len(units)
+        TimedBackend.clock[0] += 0.004 + 0.001 * n + (0.002 * n if n > 4 else 0.0)
+        return super().generate(units)
+
+
+def test_tuning_measures_smaller_calls_and_keeps_the_fastest_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    import diffspec.run.runner as runner_module
+
+    monkeypatch.setattr(runner_module.time, "perf_counter", lambda: TimedBackend.clock[0])
+    FakeBackend.calls = []
+    runner = BatchRunner("cpu", lambda k, **kw: TimedBackend(k, limit=64, **kw))
+    events = []
+    for b in make_batches(units(40), lambda k: 8, tune=True):
+        out = runner.run(b)
+        assert len(out.items) == len(b) and not out.failures
+        events += [e for e in out.events if e.kind == "batch_tuned"]
+    # warm-up at the planned 8, then 8, 4 and 2 measured once each; 4 wins and sticks
+    assert FakeBackend.calls == [8, 8, 4, 2, 2, 4, 4, 4, 4]
+    (tuned,) = events
+    assert tuned.get("batch") == 4 and set(tuned.get("trials")) == {"8", "4", "2"}
+
+
+def test_without_tuning_every_call_has_the_planned_size() -> None:
+    FakeBackend.calls = []
+    runner = BatchRunner("cpu", lambda k, **kw: FakeBackend(k, limit=64, **kw))
+    for b in make_batches(units(20), lambda k: 8):
+        runner.run(b)
+    assert FakeBackend.calls == [8, 8, 4]
+
+
+def test_an_out_of_memory_error_removes_the_larger_candidates() -> None:
+    from diffspec.run.batch_tuning import BatchTuner
+
+    tuner = BatchTuner(8)
+    assert tuner.candidates == (8, 4, 2) and tuner.next_size() == 8
+    tuner.observe(8, 1.0)  # warm-up
+    tuner.observe(8, 0.8)
+    tuner.cap(4)
+    assert tuner.candidates == (4, 2) and 8 not in tuner.seconds_per_image and tuner.next_size() == 4
+    tuner.observe(4, 0.2)
+    assert tuner.observe(2, 0.2) and tuner.chosen == 4  # 0.05 s/image against 0.1
+    assert BatchTuner(1).chosen == 1  # nothing to choose between
