@@ -379,8 +379,9 @@ def resolve(
         ]:
             check_family_mode(spec, name, checked, cls, cpath, positions, problems, root)
         existing_count = None
+        existing_folder = None
         target = cls.target
-        if cls.fill_to is not None and cls.existing is not None:
+        if cls.existing is not None:
             folder = (root / cls.existing).resolve()
             if not folder.is_dir():
                 problems.append(
@@ -396,8 +397,10 @@ def resolve(
                 problems.append(overlap)
                 existing_count = 0
             else:
-                existing_count = count_images(folder)
-            target = max(0, cls.fill_to - existing_count)
+                existing_folder = str(folder)
+                existing_count = count_images(folder) if cls.fill_to is not None else None
+            if cls.fill_to is not None:
+                target = max(0, cls.fill_to - (existing_count or 0))
         if target is None:
             target = len(cls.seeds or ())
         if cls.seeds is not None and target > len(cls.seeds):
@@ -432,6 +435,8 @@ def resolve(
             description=cls.description,
             existing_count=existing_count,
             fill_to=cls.fill_to,
+            existing_folder=existing_folder,
+            replace_rejected=spec.stages.replace_rejected if cls.replace_rejected is None else cls.replace_rejected,
             model_params=model_params,
         )
     return resolved
