@@ -222,7 +222,7 @@ class _Run:
         self.counts: dict[str, tuple[int, int]] = {}
 
     def ref(self, unit: FilterUnit) -> ImageRef:
-        cls, prompt, path = self.images[unit.image_fingerprint]
+        _cls, prompt, path = self.images[unit.image_fingerprint]
         return ImageRef(unit, unit.class_name, prompt or "", path)
 
     def record(self, config: FilterConfig, refs: Sequence[ImageRef], measured: Measured) -> None:
@@ -337,11 +337,9 @@ class _Run:
                         recorded[fp] = perceptual_hash(_load([self.images[fp][2]])[0], kind)
                     hashes.append((fp, recorded[fp]))
                 folder = self.stage.existing.get(name)
-                root = Path(folder) if folder else None
                 existing = [
-                    (f"existing:{p.relative_to(root).as_posix()}", perceptual_hash(im, kind))
-                    for p, im in ((p, _load([p])[0]) for p in existing_images(folder))
-                    if root is not None
+                    (f"existing:{p.relative_to(folder).as_posix()}", perceptual_hash(_load([p])[0], kind))
+                    for p in existing_images(folder)
                 ]
             except OSError as exc:
                 self.failed += len(ready)

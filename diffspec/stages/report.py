@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import html
 import os
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from diffspec.atomic import atomic_write_bytes
 from diffspec.catalog.store import Catalog
+from diffspec.catalog.verdicts import UNREVIEWED, verdicts
 from diffspec.spec.loader import LoadedSpec
 
 REPORT_NAME = "report.html"
@@ -41,17 +41,18 @@ def _stage_rows(catalog: Catalog, stage: str) -> list[dict[str, Any]]:
 def summarize(loaded: LoadedSpec, catalog: Catalog) -> list[ClassSummary]:
     """What the report and the quickstart print: per class, images, rejections and quality."""
     images = catalog.live_images(["fingerprint", "class_name", "prompt", "seed", "path", "unit_index"]).to_pylist()
-    verdicts: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in _stage_rows(catalog, "filters"):
-        verdicts[row["fingerprint"]].append(row)
+    # One answer to "is it rejected?" (a person's decision over the filters' latest verdicts).
+    states = verdicts(catalog)
     scores = {row["fingerprint"]: row for row in _stage_rows(catalog, "classifier")}
     by_class: dict[str, ClassSummary] = {n: ClassSummary(n, c.target) for n, c in loaded.classes.items()}
     for image in sorted(images, key=lambda r: (r["class_name"], r["unit_index"])):
         summary = by_class.get(image["class_name"])
         if summary is None:
             continue  # an image of a class the spec no longer has
-        rows = verdicts.get(image["fingerprint"], [])
-        image["rejected_by"] = sorted({r["filter"] for r in rows if not r["passed"]})
+        verdict = states.get(image["fingerprint"], UNREVIEWED)
+        image["rejected_by"] = (
+            (list(verdict.failed_filters) if verdict.by == "filter" else ["review"]) if verdict.rejected else []
+        )
         image["classifier"] = scores.get(image["fingerprint"])
         summary.images.append(image)
         if image["rejected_by"]:
