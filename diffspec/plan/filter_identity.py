@@ -62,10 +62,14 @@ def _sha(prefix: str, body: Any) -> str:
 
 def filter_fingerprint(config: FilterConfig, image_fingerprint: str, compared_with: str | None = None) -> str:
     """The verdict of one filter on one image (``compared_with``: near-duplicates' comparison set)."""
-    body: dict[str, Any] = {"filter": config.identity(), "input": image_fingerprint}
-    if compared_with is not None:
-        body["compared_with"] = compared_with
-    return _sha(FILTER_CANONICAL, body)
+    return verdict_fingerprint(config.config_hash(), image_fingerprint, compared_with)
+
+
+def verdict_fingerprint(config_hash: str, image_fingerprint: str, compared_with: str | None = None) -> str:
+    """:func:`filter_fingerprint` from the config's hash, computed once per filter: a plan of a
+    million images hashes a few short lines per unit, not the config's canonical JSON."""
+    text = f"{FILTER_CANONICAL}\n{config_hash}\n{image_fingerprint}\n{compared_with or '-'}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def existing_images(folder: str | Path | None) -> list[Path]:

@@ -21,7 +21,7 @@ from diffspec.plan.filter_identity import (
     FilterConfig,
     comparison_chain,
     existing_listing_hash,
-    filter_fingerprint,
+    verdict_fingerprint,
 )
 from diffspec.plan.stages import StageClassPlan, shown_source, stage_model_ref
 from diffspec.spec.loader import LoadedSpec
@@ -141,6 +141,7 @@ def plan_filters(
         pending = list(to_make)
         folder = loaded.classes[name].existing_folder if name in loaded.classes else None
         for config in configs:
+            config_hash = config.config_hash()
             per_image = _SECONDS[config.kind].get(device_kind, _SECONDS[config.kind]["cpu"])
             if config.kind == "near_duplicate":
                 compared: Iterable[str | None] = comparison_chain(existing_listing_hash(folder), fingerprints)
@@ -148,7 +149,7 @@ def plan_filters(
                 compared = (None for _ in fingerprints)
             made_here = keep = after = 0
             for image_fp, with_what, new in zip(fingerprints, compared, pending):
-                fp = filter_fingerprint(config, image_fp, with_what)
+                fp = verdict_fingerprint(config_hash, image_fp, with_what)
                 recorded = latest.get((image_fp, config.kind))
                 if recorded is not None and recorded[0] == fp:
                     keep += 1
