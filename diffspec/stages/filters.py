@@ -28,6 +28,7 @@ from diffspec.plan.filter_identity import FilterConfig, existing_images
 from diffspec.plan.filter_stage import FILTERS_STAGE, FiltersPlan, FilterUnit
 from diffspec.run.events import RunEvent, event
 from diffspec.run.stage_phase import StageContext, StageOutcome
+from diffspec.stages.parts import compact_stage, tidy_stage
 
 __all__ = ["FILTERS_SCHEMA", "FILTERS_TABLE", "perceptual_hash", "run_filters"]
 
@@ -369,6 +370,9 @@ class _Run:
 def run_filters(stage: FiltersPlan, context: StageContext) -> StageOutcome:
     """Make ``stage.create``: every planned verdict whose image is in the catalog."""
     t0 = time.perf_counter()
+    tables = sorted({c.kind for c in stage.configs} | {FILTERS_TABLE})
+    for table in tables:
+        tidy_stage(context.catalog, context.run_id, table)
     run = _Run(stage, context)
     run.run()
     if run.waiting:
@@ -379,11 +383,8 @@ def run_filters(stage: FiltersPlan, context: StageContext) -> StageOutcome:
                 count=run.waiting,
             )
         )
-    for kind in {c.kind for c in stage.configs} | {FILTERS_TABLE}:
-        try:
-            context.catalog.compact(kind, context.run_id)
-        except OSError:
-            pass  # an optimisation: many small parts read the same
+    for table in tables:
+        compact_stage(context.catalog, context.run_id, table)
     return StageOutcome(
         FILTERS_STAGE,
         run.made,
