@@ -223,3 +223,35 @@ def test_a_stopped_run_keeps_its_finished_batches_and_the_next_makes_the_rest(
     (final,) = [s for s in project.plan().stages if s.stage == "filters"]
     made = set(_live(project))
     assert not [u for u in final.create if u.image_fingerprint in made]  # left: the top-ups' verdicts
+
+
+def test_clip_score_is_the_cosine_of_clips_own_embeddings_whatever_the_batch(tiny_clip: Path, one_thread: None) -> None:
+    """The score against transformers' own get_image_features / get_text_features, and the same
+    for an image scored alone or in a batch with a longer prompt (padding): batch_size is not in
+    the fingerprint because it changes no score."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import CLIPModel, CLIPProcessor
+
+    from diffspec.plan.stage_identity import HFModelRef
+    from diffspec.stages.clip import ClipScorer
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(3)]
+    texts = ["a handwritten 3", "a thin slanted handwritten four on white paper", "7"]
+    scorer = ClipScorer.load(HFModelRef(str(tiny_clip)), "cpu")
+    together = scorer.score(images, texts)
+    alone = [scorer.score([im], [t])[0] for im, t in zip(images, texts)]
+    assert together == pytest.approx(alone, abs=1e-5)
+
+    model = CLIPModel.from_pretrained(tiny_clip).eval()
+    processor = CLIPProcessor.from_pretrained(tiny_clip, backend="pil")
+    with torch.no_grad():
+        image = model.get_image_features(**processor(images=images, return_tensors="pt"))
+        text = model.get_text_features(**processor(text=texts, return_tensors="pt", padding=True))
+    image = getattr(image, "pooler_output", image)
+    text = getattr(text, "pooler_output", text)
+    expected = torch.nn.functional.cosine_similarity(image, text).tolist()
+    assert together == pytest.approx(expected, abs=1e-5)
+    assert all(-1.0 <= s <= 1.0 for s in together)
