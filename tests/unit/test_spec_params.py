@@ -283,3 +283,33 @@ def test_clip_score_thresholds_are_cosines(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_spec(spec)
     assert any("`min` must be ≤ 1.0, got 22" in p.message for p in info.value.problems)
+
+
+def test_a_clip_model_folder_that_is_not_there_is_refused_before_any_image(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(_FILTER_BODY + "stages:\n  filters:\n    - clip_score: {model: ./no-such-clip, min: 0.2}\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    (problem,) = info.value.problems
+    assert "looks like a folder, and there is none" in problem.message
+    assert problem.position is not None and problem.position.line == _FILTER_BODY.count("\n") + 3
+    (tmp_path / "clip").mkdir()
+    spec.write_text(_FILTER_BODY + "stages:\n  filters:\n    - clip_score: {model: ./clip, revision: main}\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    assert "`revision` applies to hub ids only" in info.value.problems[0].message
+
+
+def test_the_digit_classifier_is_refused_for_other_models(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        _FILTER_BODY.replace(
+            "models:\n  m: {source: builtin:digits}\n",
+            "models:\n  m: {source: builtin:digits}\n  sd: {source: runwayml/stable-diffusion-v1-5}\n",
+        )
+        + '  two: {target: 1, prompt: "a cat", model: sd, size: [64, 64]}\n'
+        + "stages:\n  filters:\n    - classifier: {}\n"
+    )
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    assert any("class 'two' uses 'sd'" in p.message for p in info.value.problems)
