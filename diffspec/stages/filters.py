@@ -358,7 +358,8 @@ class _Run:
                     {
                         "hash_kind": pa.array([kind] * len(got), pa.string()),
                         "hash": pa.array([_signed(g.hash) for g in got], pa.int64()),
-                        "nearest_hamming": pa.array([g.nearest for g in got], pa.int32()),
+                        # float64, as 0.1 wrote it: a catalog holds both and they must concatenate
+                        "nearest_hamming": pa.array([g.nearest for g in got], pa.float64()),
                         "nearest_to": pa.array([g.nearest_to for g in got], pa.string()),
                         "kept": pa.array([g.kept for g in got], pa.bool_()),
                     },

@@ -212,6 +212,11 @@ def test_a_stopped_run_keeps_its_finished_batches_and_the_next_makes_the_rest(
     plan = project.plan()
     (stage,) = [s for s in plan.stages if s.stage == "filters"]
     assert stage.total_create == 12
+    # a part as diffspec 0.1 wrote the table (dHash, float distances): the new rows must sit beside it
+    import pyarrow as pa
+
+    old = {"fingerprint": ["0.1"], "class_name": ["three"], "dhash": [5], "nearest_hamming": [64.0], "kept": [True]}
+    Catalog(project.output).append_stage("near_duplicate", pa.table(old), "20250101T000000-old")
     context = StageContext(project.output, Catalog(project.output), "stopped-run", "cpu", _StopAfter(1))
     outcome = run_filters(stage, context)
     assert outcome.interrupted and outcome.made == 2  # the first CLIP batch of two, then stopped
@@ -220,6 +225,7 @@ def test_a_stopped_run_keeps_its_finished_batches_and_the_next_makes_the_rest(
     assert rest.total_create == 10
     assert {u.fingerprint for u in rest.create} < {u.fingerprint for u in stage.create}
     project.apply(progress=False)
+    assert Catalog(project.output).read_table("near_duplicate").num_rows == 1 + 4
     (final,) = [s for s in project.plan().stages if s.stage == "filters"]
     made = set(_live(project))
     assert not [u for u in final.create if u.image_fingerprint in made]  # left: the top-ups' verdicts

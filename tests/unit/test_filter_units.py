@@ -246,3 +246,36 @@ def test_filter_units_are_planned_per_image_and_kept_once_recorded(
     Catalog(loaded.output).append_stage(FILTERS_TABLE, pa.Table.from_pylist(rows, schema=FILTERS_SCHEMA), "r")
     (done,) = build_plan(load_spec(spec)).stages
     assert done.total_create == 0 and done.total_keep == 6
+
+
+def test_a_catalog_with_the_old_near_duplicate_rows_still_reads(tmp_path: Path) -> None:
+    """0.1 wrote near_duplicate rows with a `dhash` column and float distances; the new rows sit
+    beside them in the same table, and the hashes 0.1 recorded are not taken for phashes."""
+    from diffspec.stages.filters import _recorded_hashes
+
+    catalog = Catalog(tmp_path)
+    old = pa.table(
+        {
+            "fingerprint": ["old"],
+            "class_name": ["a"],
+            "dhash": pa.array([5], pa.int64()),
+            "nearest_hamming": pa.array([64.0], pa.float64()),
+            "kept": [True],
+        }
+    )
+    catalog.append_stage("near_duplicate", old, "r0")
+    new = pa.table(
+        {
+            "fingerprint": ["new"],
+            "filter_fingerprint": ["u"],
+            "class_name": ["a"],
+            "hash_kind": ["phash"],
+            "hash": pa.array([-1], pa.int64()),
+            "nearest_hamming": pa.array([None], pa.float64()),
+            "nearest_to": pa.array([None], pa.string()),
+            "kept": [True],
+        }
+    )
+    catalog.append_stage("near_duplicate", new, "r1")
+    assert catalog.read_table("near_duplicate").num_rows == 2
+    assert _recorded_hashes(catalog, "phash") == {"new": (1 << 64) - 1}
