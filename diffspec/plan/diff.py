@@ -338,9 +338,8 @@ def _build_plan(
     stages: tuple[CaptionsPlan | SegmentPlan | FiltersPlan, ...] = ()
     if captions_plan is not None:
         stages += (with_caption_estimates(captions_plan, execution.device_kind),)
-    owned: list[
-        tuple[str, str, list[str], Any]
-    ] = []  # per class: the images it owns, in unit-index order, and whether each is to be made
+    # Per class: the images it owns, in unit-index order, and whether each is still to be made.
+    owned: list[tuple[str, str, list[str], Any]] = []
     if loaded.spec.stages.segment is not None or loaded.spec.stages.filters:
         for name in sorted(names, key=lambda n: order.get(n, len(order))):
             c_idx = names.index(name)
