@@ -148,7 +148,7 @@ def summary_line(plan: Plan) -> str:
     if not plan.has_changes:
         return f"No changes: {plan.total_keep} images are up to date."
     replaced = sum(c.replaced for c in plan.classes)
-    create = f"{plan.total_create} to create" + (f" ({replaced} replace rejected images)" if replaced else "")
+    create = f"{plan.total_create} to create" + (f" ({replaced} replacing rejected images)" if replaced else "")
     parts = [create, f"{plan.total_keep} to keep", f"{plan.total_remove} to remove"]
     if plan.stages:
         parts.append(f"{plan.total_stage_create} stage units to run")

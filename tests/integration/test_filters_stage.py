@@ -141,7 +141,7 @@ def test_planted_duplicate_and_blank_are_rejected_and_replaced(
     assert (rows["three"].create, rows["three"].keep, rows["three"].replaced) == (1, 3, 1)
     assert (rows["four"].create, rows["four"].keep, rows["four"].replaced) == (1, 1, 1)
     assert "+1 (+1 to replace 1 rejected)" in render_markdown(plan)
-    assert "Plan: 2 to create (2 replace rejected images), 4 to keep" in render_markdown(plan)
+    assert "Plan: 2 to create (2 replacing rejected images), 4 to keep" in render_markdown(plan)
     as_json = {c["class"]: c for c in json.loads(render_json(plan))["classes"]}
     assert as_json["four"]["replace_rejected"] == {"rejected": 1, "added": 1}
     status = {s.name: s for s in project.status().classes}
