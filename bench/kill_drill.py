@@ -25,6 +25,12 @@ random moment after a new part of the ``segment`` table appears). The audit then
 * no segment row without its image in the catalog;
 * every mask row decodes (COCO RLE) to the area it records.
 
+With ``--filters`` the spec runs the quality filters instead (a tiny random-weight CLIP, real
+imagehash, the blank filter), and every third kill lands while they record their batches. The
+audit then checks that every (image, filter) verdict the spec asks for is recorded with its
+unit's fingerprint (nothing left to plan), that no verdict names an image the catalog lacks, and
+that the verdicts recorded twice (a batch measured again after a kill) are at most kills x batch.
+
 Prints the figures and exits 1 if a check fails.
 """
 
@@ -56,6 +62,7 @@ def write_spec(
     steps: int,
     workers: int,
     stage_models: tuple[Path, Path] | None = None,
+    clip: Path | None = None,
 ) -> Path:
     spec = folder / "spec.yaml"
     stages = (
@@ -66,6 +73,14 @@ def write_spec(
         if stage_models
         else ""
     )
+    if clip is not None:
+        stages = textwrap.dedent(f"""\
+        stages:
+          filters:
+            - clip_score: {{model: "{clip}", min: -1.0, batch_size: 2}}
+            - near_duplicate: {{max_hamming: 4}}
+            - blank: {{max_std: 2.0}}
+        """)
     spec.write_text(
         textwrap.dedent(f"""\
         version: 1
@@ -103,9 +118,37 @@ def _start(spec: Path, env: dict[str, str], log: Any) -> subprocess.Popen:
     )
 
 
-def _stage_parts(output: Path) -> int:
-    folder = output / "catalog" / "stages" / "segment"
+def _stage_parts(output: Path, table: str = "segment") -> int:
+    folder = output / "catalog" / "stages" / table
     return sum(1 for p in folder.glob("part-*.parquet")) if folder.is_dir() else 0
+
+
+def audit_filters(output: Path, spec: Path, kills: int, batch: int) -> dict[str, Any]:
+    """The filters after the drill: every planned verdict recorded, none without its image, and
+    at most a batch per kill measured twice."""
+    from diffspec.catalog.store import Catalog
+    from diffspec.catalog.verdicts import FILTERS_TABLE
+    from diffspec.project import Project
+
+    cat = Catalog(output)
+    images = set(cat.live_images(["fingerprint"]).column("fingerprint").to_pylist())
+    rows = cat.read_table(FILTERS_TABLE, ["fingerprint", "config_hash", "run_id"]).to_pylist()
+    # runs per unit, not rows: a kill inside a merge of parts leaves a run's rows twice (readers
+    # take the latest), which is not a unit measured again
+    runs: dict[str, set[str]] = {}
+    for r in rows:
+        runs.setdefault(r["config_hash"], set()).add(r["run_id"])
+    units = set(runs)
+    (stage,) = [s for s in Project(spec).plan().stages if s.stage == "filters"]
+    return {
+        "filter_verdicts": len(rows),
+        "filter_units": len(units),
+        "filter_units_left": stage.total_create,
+        "verdicts_without_image": sum(1 for r in rows if r["fingerprint"] not in images),
+        "verdicts_measured_twice": sum(len(r) - 1 for r in runs.values()),
+        "measured_twice_bound": kills * batch,
+        "filter_parts": _stage_parts(output, FILTERS_TABLE),
+    }
 
 
 def audit_segments(output: Path) -> dict[str, Any]:
@@ -185,6 +228,7 @@ def run_drill(
     model: Path | None = None,
     verbose: bool = True,
     stages: bool = False,
+    filters: bool = False,
 ) -> dict[str, Any]:
     from diffspec.project import Project
 
@@ -199,7 +243,14 @@ def run_drill(
         from diffspec.stages.tiny import build_tiny_grounding_dino, build_tiny_sam
 
         stage_models = (build_tiny_grounding_dino(workdir / "dino"), build_tiny_sam(workdir / "sam"))
-    spec = write_spec(workdir, model, units, batch, size, steps, workers, stage_models)
+    clip = None
+    if filters:
+        from diffspec.stages.tiny import build_tiny_clip
+
+        clip = build_tiny_clip(workdir / "clip")
+    spec = write_spec(workdir, model, units, batch, size, steps, workers, stage_models, clip)
+    watched = "filters" if filters else "segment"  # the stage table whose new parts time a stage kill
+    stages = stages or filters
     output = workdir / "out"
     planned = Project(spec).plan().total_create
     counter = workdir / "writes.txt"
@@ -218,7 +269,7 @@ def run_drill(
     t_start = time.perf_counter()
     while done_kills < kills:
         before = _lines(counter)
-        parts_before = _stage_parts(output)
+        parts_before = _stage_parts(output, watched)
         proc = _start(spec, env, log)
         t0 = time.perf_counter()
         startup_kill = bool(first_write) and done_kills % 4 == 2  # every 4th kill lands in start-up
@@ -233,9 +284,9 @@ def run_drill(
             if deadline is None and not stage_kill and _lines(counter) > before:
                 first_write.append(now - t0)
                 deadline = now + rng.uniform(*after_write)
-            elif deadline is None and not stage_kill and stages and _stage_parts(output) > parts_before:
+            elif deadline is None and not stage_kill and stages and _stage_parts(output, watched) > parts_before:
                 deadline = now + rng.uniform(0.0, 0.3)  # the images are all made: kill in the stage
-            if deadline is None and stage_kill and _stage_parts(output) > parts_before:
+            if deadline is None and stage_kill and _stage_parts(output, watched) > parts_before:
                 deadline = now + rng.uniform(0.0, 0.3)
             if deadline is not None and now >= deadline:
                 break
@@ -299,7 +350,16 @@ def run_drill(
         and figures["left_to_make"] == 0
         and figures["png_files"] == planned
     )
-    if stages:
+    if filters:
+        fil = audit_filters(output, spec, done_kills, batch)
+        figures.update(fil)
+        figures["ok"] = figures["ok"] and (
+            fil["filter_units_left"] == 0
+            and fil["filter_units"] == 3 * planned
+            and fil["verdicts_without_image"] == 0
+            and fil["verdicts_measured_twice"] <= fil["measured_twice_bound"]
+        )
+    elif stages:
         seg = audit_segments(output)
         figures.update(seg)
         figures["ok"] = figures["ok"] and (
@@ -324,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--stages", action="store_true", help="also run the segment stage (tiny models)")
+    parser.add_argument("--filters", action="store_true", help="also run the quality filters (tiny CLIP)")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="diffspec-kill-drill-"))
     print(
@@ -341,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         seed=args.seed,
         stages=args.stages,
+        filters=args.filters,
     )
     print(f"planned {f['planned']}  kills {f['kills']}  runs {f['runs']}  time {f['seconds']}s")
     print(
@@ -355,7 +417,14 @@ def main(argv: list[str] | None = None) -> int:
         f"image writes {f['image_writes']} <= bound planned + kills x batch = {f['write_bound']}  "
         f"(wasted {f['wasted_writes']}, {f['wasted_writes'] / max(1, f['kills']):.1f} per kill)"
     )
-    if args.stages:
+    if args.filters:
+        print(
+            f"filter units {f['filter_units']} (3 x {f['planned']})  left {f['filter_units_left']}  "
+            f"verdicts {f['filter_verdicts']}  measured twice {f['verdicts_measured_twice']} "
+            f"(bound {f['measured_twice_bound']})  without image {f['verdicts_without_image']}  "
+            f"parts {f['filter_parts']}"
+        )
+    elif args.stages:
         print(
             f"segment units {f['segment_units']} (planned {f['planned']})  rows {f['segment_rows']}  "
             f"made twice {f['units_made_twice']}  duplicate rows {f['duplicate_rows']}  "

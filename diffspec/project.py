@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from diffspec.run.apply import ApplyResult
     from diffspec.run.prune import PruneResult
     from diffspec.run.status import StatusReport
-    from diffspec.stages.runner import StagesResult
 
 
 @dataclass(frozen=True)
@@ -156,21 +155,11 @@ class Project:
                     stage_runners=stage_runners(),
                 )
                 result = _chain(result, second, again)
-        if stages and not result.interrupted:
-            from diffspec.stages.runner import run_stages
-
-            outcome = {**result.stages, **run_stages(self.loaded, self.catalog, result.run_id).to_dict()}
-            review = self.loaded.spec.stages.review
-            if review is not None and review.report:  # `review: {report: true}` means: after each apply
-                outcome["report"] = str(self.report())
-            result = dataclasses.replace(result, stages=outcome)
+        review = self.loaded.spec.stages.review
+        if stages and not result.interrupted and review is not None and review.report:
+            # `review: {report: true}` means: after each apply
+            result = dataclasses.replace(result, stages={**result.stages, "report": str(self.report())})
         return result
-
-    def run_stages(self) -> StagesResult:
-        """Run the spec's stages over images that lack their output (apply does this itself)."""
-        from diffspec.stages.runner import run_stages
-
-        return run_stages(self.loaded, self.catalog)
 
     def status(self) -> StatusReport:
         from diffspec.run.status import class_status

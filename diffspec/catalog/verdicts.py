@@ -27,6 +27,23 @@ Decision = Literal["accept", "reject", "clear"]
 DECISIONS: tuple[Decision, ...] = ("accept", "reject", "clear")
 State = Literal["accepted", "rejected", "unreviewed"]
 
+#: One row per (image, filter) verdict. ``config_hash`` is the filter unit's fingerprint
+#: (diffspec.plan.filter_identity: the filter, its parameters and model, the image and, for
+#: near-duplicates, what it was compared with): the latest row per (image, filter) counts, and
+#: the plan takes a unit as done when that row carries the unit's fingerprint.
+FILTERS_SCHEMA = pa.schema(
+    [
+        ("fingerprint", pa.string()),
+        ("class_name", pa.string()),
+        ("filter", pa.string()),
+        ("config_hash", pa.string()),
+        ("passed", pa.bool_()),
+        ("value", pa.float64()),
+        ("run_id", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
 REVIEW_SCHEMA = pa.schema(
     [
         ("fingerprint", pa.string()),
@@ -76,17 +93,22 @@ def _columns(catalog: Catalog, table: str, names: tuple[str, ...]) -> list[list[
     return [data.column(n).to_pylist() for n in names]
 
 
+def latest_filter_verdicts(catalog: Catalog) -> dict[tuple[str, str], tuple[str, bool]]:
+    """Per (image, filter), the latest verdict row's (config_hash, passed)."""
+    cols = _columns(catalog, FILTERS_TABLE, ("fingerprint", "filter", "config_hash", "passed"))
+    if cols is None:  # a table written without config hashes (by hand, or before they existed)
+        cols = _columns(catalog, FILTERS_TABLE, ("fingerprint", "filter", "passed"))
+        if cols is None:
+            return {}
+        cols = [cols[0], cols[1], [None] * len(cols[0]), cols[2]]
+    return {(str(fp), str(name)): (str(chash or ""), passed is not False) for fp, name, chash, passed in zip(*cols)}
+
+
 def latest_filter_failures(catalog: Catalog) -> dict[str, tuple[str, ...]]:
     """Per image, the filters whose latest verdict failed (parts are read in time order)."""
-    cols = _columns(catalog, FILTERS_TABLE, ("fingerprint", "filter", "passed"))
-    if cols is None:
-        return {}
-    latest: dict[tuple[str, str], object] = {}
-    for fp, name, passed in zip(*cols):
-        latest[(str(fp), str(name))] = passed
     failed: dict[str, list[str]] = {}
-    for (fp, name), passed in latest.items():
-        if passed is False:
+    for (fp, name), (_chash, passed) in latest_filter_verdicts(catalog).items():
+        if not passed:
             failed.setdefault(fp, []).append(name)
     return {fp: tuple(sorted(names)) for fp, names in failed.items()}
 

@@ -280,10 +280,12 @@ def compile_class(loaded: LoadedSpec, cls: ResolvedClass, models: dict[str, Mode
     n_inputs = max(1, len(cls.inputs))
     variant_of, input_pos = np.divmod(combo_of, n_inputs)
     input_of = input_pos if cls.inputs else None
+    seeds = combination_seeds(int(cls.params.seed), cls.seed_key, combo_keys[combo_of], rounds)
     if cls.seeds is not None:
-        seeds = np.asarray(cls.seeds[:n], dtype=np.int64)  # explicit seeds belong to positions in the order
-    else:
-        seeds = combination_seeds(int(cls.params.seed), cls.seed_key, combo_keys[combo_of], rounds)
+        # Explicit seeds belong to positions in the order; units beyond them (top-ups that
+        # replace rejected images) take derived seeds.
+        given = np.asarray(cls.seeds[:n], dtype=np.int64)
+        seeds[: len(given)] = given
 
     # Hash fast: one sha256 state per (variant, input) holding everything up to the seed, copied
     # per unit, which then adds only its seed and the tail. Must equal WorkUnit.canonical() exactly.
@@ -344,6 +346,22 @@ def _hasher(state: Any, tail: bytes) -> Any:
     return fingerprint
 
 
+def effective_class(
+    loaded: LoadedSpec,
+    name: str,
+    captions: Mapping[str, tuple[str, ...]] | None = None,
+    pending: Collection[str] = (),
+) -> ResolvedClass:
+    """The class as it compiles: with its ``{caption}`` values, or with no units while it waits for them."""
+    cls = loaded.classes[name]
+    uses_captions = any(CAPTION_VAR in (m.group(1) for m in PLACEHOLDER.finditer(t)) for t in cls.templates)
+    if name in pending or (uses_captions and (captions is None or name not in captions)):
+        return replace(cls, target=0, seeds=None, variables={**cls.variables, CAPTION_VAR: ("",)})
+    if captions is not None and name in captions:
+        return replace(cls, variables={**cls.variables, CAPTION_VAR: captions[name]})
+    return cls
+
+
 def compile_spec(
     loaded: LoadedSpec,
     captions: Mapping[str, tuple[str, ...]] | None = None,
@@ -357,12 +375,6 @@ def compile_spec(
     models: dict[str, ModelRef] = {}
     compiled = {}
     for name in sorted(loaded.classes):
-        cls = loaded.classes[name]
-        uses_captions = any(CAPTION_VAR in (m.group(1) for m in PLACEHOLDER.finditer(t)) for t in cls.templates)
-        if name in pending or (uses_captions and (captions is None or name not in captions)):
-            cls = replace(cls, target=0, seeds=None, variables={**cls.variables, CAPTION_VAR: ("",)})
-        elif captions is not None and name in captions:
-            cls = replace(cls, variables={**cls.variables, CAPTION_VAR: captions[name]})
-        compiled[name] = compile_class(loaded, cls, models)
+        compiled[name] = compile_class(loaded, effective_class(loaded, name, captions, pending), models)
     default_cache().flush()  # content hashes of local files, for the next plan (diffspec/content.py)
     return compiled

@@ -13,15 +13,19 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from diffspec import machine as machine_probe
 from diffspec.catalog.store import Catalog, CatalogIndex
+from diffspec.catalog.verdicts import rejected_fingerprints
 from diffspec.plan.compile import ClassUnits, compile_spec
 from diffspec.plan.estimate import MemoryPlan, seconds_per_image
 from diffspec.plan.execution import BudgetInputs, ExecutionPlan, plan_execution
+from diffspec.plan.filter_stage import FiltersPlan, plan_filters
 from diffspec.plan.stages import CaptionsPlan, SegmentPlan, plan_captions, plan_segment, with_caption_estimates
+from diffspec.plan.topup import top_up
 from diffspec.plan.unit import WorkUnit
 from diffspec.spec.loader import LoadedSpec
 
@@ -47,6 +51,15 @@ class ClassPlan:
     existing: int | None = None
     fill_to: int | None = None
     pending: int = 0  # image units that wait for this class's captions (planned once they exist)
+    rejected: int = 0  # of the class's planned images in the catalog: rejected by a filter or a person
+    replaced: int = 0  # units planned beyond the target to replace rejected images (replace_rejected)
+    replace_rejected: bool = False
+
+    @property
+    def short(self) -> int:
+        """Images the class lacks to hold ``target`` that are not rejected, after this plan's
+        units are made (0 when replace_rejected plans enough of them)."""
+        return max(0, self.target - (self.keep + self.shared + self.create - self.rejected))
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,7 @@ class Plan:
     create_index: dict[str, np.ndarray] = field(repr=False)  # per class: unit positions to make
     owners: dict[str, tuple[str, ...]] = field(repr=False, default_factory=dict)  # fp -> classes, dedup only
     # Post-generation stages, in the order apply runs them (after the images they read).
-    stages: tuple[CaptionsPlan | SegmentPlan, ...] = ()
+    stages: tuple[CaptionsPlan | SegmentPlan | FiltersPlan, ...] = ()
 
     @property
     def total_create(self) -> int:
@@ -179,6 +192,8 @@ def _build_plan(
     captions_plan, caption_texts = plan_captions(loaded, catalog)
     pending = set(captions_plan.pending_classes) if captions_plan is not None else set()
     compiled = compile_spec(loaded, caption_texts, pending)
+    rejected = rejected_fingerprints(catalog) if catalog.exists() else set()
+    compiled, topups = top_up(loaded, compiled, rejected, caption_texts, pending)
     index = (
         catalog.index()
         if catalog.exists()
@@ -288,6 +303,9 @@ def _build_plan(
                 existing=cls.existing_count,
                 fill_to=cls.fill_to,
                 pending=cls.target if name in pending else 0,
+                rejected=topups[name].rejected,
+                replaced=topups[name].added,
+                replace_rejected=cls.replace_rejected,
             )
         )
     paths = index.paths_of(gone)
@@ -317,11 +335,12 @@ def _build_plan(
     # Show classes in the order the spec lists them (ownership above follows names, not this).
     order = {name: i for i, name in enumerate(loaded.classes)}
     classes.sort(key=lambda c: order.get(c.name, len(order)))
-    stages: tuple[CaptionsPlan | SegmentPlan, ...] = ()
+    stages: tuple[CaptionsPlan | SegmentPlan | FiltersPlan, ...] = ()
     if captions_plan is not None:
         stages += (with_caption_estimates(captions_plan, execution.device_kind),)
-    if loaded.spec.stages.segment is not None:
-        owned = []
+    # Per class: the images it owns, in unit-index order, and whether each is still to be made.
+    owned: list[tuple[str, str, list[str], Any]] = []
+    if loaded.spec.stages.segment is not None or loaded.spec.stages.filters:
         for name in sorted(names, key=lambda n: order.get(n, len(order))):
             c_idx = names.index(name)
             lo, hi = int(offsets[c_idx]), int(offsets[c_idx + 1])
@@ -330,8 +349,12 @@ def _build_plan(
             owned.append(
                 (name, compiled[name].label, [fps[i] for i in positions.tolist()], missing_all[lo:hi][positions])
             )
+    if loaded.spec.stages.segment is not None:
         segment = plan_segment(loaded, owned, catalog, execution.device_kind)
         stages += (segment,) if segment is not None else ()
+    # The filters run last: after the images and after the segment stage (nothing reads them in between).
+    filters = plan_filters(loaded, owned, catalog, execution.device_kind)
+    stages += (filters,) if filters is not None else ()
     return Plan(
         dataset=loaded.spec.dataset,
         spec_path=str(loaded.path),

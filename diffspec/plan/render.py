@@ -40,6 +40,9 @@ def _class_dict(c: ClassPlan) -> dict[str, Any]:
         "estimated_seconds": round(c.est_seconds, 1),
         "estimate_source": c.estimate_source,
         **({"pending": c.pending} if c.pending else {}),
+        # only when there is something to say, so plans without rejections read as before
+        **({"rejected": c.rejected, "short": c.short} if c.rejected else {}),
+        **({"replace_rejected": {"rejected": c.rejected, "added": c.replaced}} if c.replace_rejected else {}),
         "memory": {
             "device": c.memory.device,
             "budget_gb": round(c.memory.budget_gb, 2),
@@ -78,6 +81,15 @@ def render_json(plan: Plan) -> str:
     return json.dumps(plan_to_dict(plan), indent=2, ensure_ascii=False)
 
 
+def replace_note(c: ClassPlan) -> str:
+    """What the plan does about the class's rejected images."""
+    if c.replaced:
+        return f" (+{c.replaced} to replace {c.rejected} rejected)"
+    if c.rejected and c.short:
+        return f" ({c.short} short: {c.rejected} rejected, replace_rejected is off)"
+    return ""
+
+
 def _rows(plan: Plan) -> list[list[str]]:
     rows = []
     for c in plan.classes:
@@ -88,7 +100,9 @@ def _rows(plan: Plan) -> list[list[str]]:
                 f"{c.size[0]}x{c.size[1]}" if c.size[0] else "-",
                 str(c.steps) if c.steps else "-",
                 str(c.target) + (f" (fill to {c.fill_to}, {c.existing} exist)" if c.fill_to is not None else ""),
-                (f"+{c.create}" if c.create else "0") + (f" ({c.pending} pending)" if c.pending else ""),
+                (f"+{c.create}" if c.create else "0")
+                + (f" ({c.pending} pending)" if c.pending else "")
+                + replace_note(c),
                 str(c.keep),
                 f"-{c.remove}" if c.remove else "0",
                 format_duration(c.est_seconds),
@@ -107,7 +121,7 @@ STAGE_HEADERS = ["stage", "class", "create", "keep", "after images", "est. time"
 def _stage_rows(plan: Plan) -> list[list[str]]:
     return [
         [
-            stage.stage,
+            c.stage,
             c.class_name,
             f"+{c.create}" if c.create else "0",
             str(c.keep),
@@ -133,7 +147,9 @@ def stage_lines(plan: Plan) -> list[str]:
 def summary_line(plan: Plan) -> str:
     if not plan.has_changes:
         return f"No changes: {plan.total_keep} images are up to date."
-    parts = [f"{plan.total_create} to create", f"{plan.total_keep} to keep", f"{plan.total_remove} to remove"]
+    replaced = sum(c.replaced for c in plan.classes)
+    create = f"{plan.total_create} to create" + (f" ({replaced} replacing rejected images)" if replaced else "")
+    parts = [create, f"{plan.total_keep} to keep", f"{plan.total_remove} to remove"]
     if plan.stages:
         parts.append(f"{plan.total_stage_create} stage units to run")
     if plan.pending_images:

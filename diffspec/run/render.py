@@ -140,12 +140,10 @@ def render_stages(stages: dict[str, Any], console: Any) -> None:
         if done.get("interrupted"):
             line += "; interrupted, resume with `diffspec apply`"
         console.print(line, highlight=False, markup=False)
-    for f in stages.get("filters", []):
-        if f.get("skipped"):
-            continue
-        console.print(
-            f"filter {f['filter']}: checked {f['checked']}, rejected {f['rejected']}", highlight=False, markup=False
-        )
+        for f in done.get("filters", []):
+            console.print(
+                f"filter {f['filter']}: checked {f['checked']}, rejected {f['rejected']}", highlight=False, markup=False
+            )
     for note in stages.get("notes", []):
         console.print(f"note: {note}", highlight=False, markup=False)
     if stages.get("report"):

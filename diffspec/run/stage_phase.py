@@ -42,15 +42,19 @@ class StageOutcome:
     seconds: float
     interrupted: bool = False
     events: tuple[RunEvent, ...] = ()
+    filters: tuple[tuple[str, int, int], ...] = ()  # the filters stage: (filter, checked, rejected)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "made": self.made,
             "failed": self.failed,
             "waiting_for_images": self.waiting,
             "seconds": round(self.seconds, 3),
             "interrupted": self.interrupted,
         }
+        if self.filters:
+            out["filters"] = [{"filter": f, "checked": c, "rejected": r} for f, c, r in self.filters]
+        return out
 
 
 class StageRunner(Protocol):

@@ -3,7 +3,8 @@
 Per class: target, done (live images the plan keeps), remaining (the plan's create count),
 obsolete (images the plan removes), accepted / rejected / unreviewed (a person's review
 decision, else a failed filter: :mod:`diffspec.catalog.verdicts`; counted over the class's live
-images, obsolete ones included), quality (the share of images the ``classifier`` stage recognised as the
+images, obsolete ones included), short (the target minus the class's made images that are
+not rejected: with ``replace_rejected`` the plan's remaining units make up for them), quality (the share of images the ``classifier`` stage recognised as the
 prompted class) and the median seconds per image the catalog recorded. Stage figures are
 0 / None when the stage has not run. The last run: when, how it ended, what it made, what it
 found already there (kept), adopted and failed.
@@ -34,6 +35,8 @@ class ClassStatus:
     unreviewed: int = 0  # live images with no decision and no failed filter
     quality: float | None = None
     seconds_per_image: float | None = None  # median recorded for this class's live images
+    short: int = 0  # target minus the class's planned images that are made and not rejected
+    replace_rejected: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -49,6 +52,8 @@ class ClassStatus:
                 "accepted",
                 "rejected",
                 "unreviewed",
+                "short",
+                "replace_rejected",
                 "quality",
                 "seconds_per_image",
             )
@@ -179,6 +184,8 @@ def class_status(loaded: LoadedSpec, plan: Plan, catalog: Catalog) -> StatusRepo
                 rejected=states[c.name]["rejected"],
                 accepted=states[c.name]["accepted"],
                 unreviewed=live_per_class[c.name] - states[c.name]["rejected"] - states[c.name]["accepted"],
+                short=max(0, c.target - (c.keep - c.rejected)),
+                replace_rejected=c.replace_rejected,
                 quality=sum(values) / len(values) if values else None,
                 seconds_per_image=timing.get(c.name),
             )
@@ -201,6 +208,7 @@ def render_status(report: StatusReport, console: Any) -> None:
         "accepted",
         "rejected",
         "unreviewed",
+        "short",
         "quality",
         "s/image",
     ):
@@ -215,6 +223,7 @@ def render_status(report: StatusReport, console: Any) -> None:
             str(r.accepted),
             f"[red]{r.rejected}[/]" if r.rejected else "0",
             str(r.unreviewed),
+            f"[yellow]{r.short}[/]" if r.short else "0",
             f"{r.quality:.0%}" if r.quality is not None else "-",
             _seconds(r.seconds_per_image),
         )
@@ -223,12 +232,20 @@ def render_status(report: StatusReport, console: Any) -> None:
             "[bold]total",
             *(
                 f"[bold]{sum(getattr(r, f) for r in rows)}"
-                for f in ("target", "done", "remaining", "obsolete", "accepted", "rejected", "unreviewed")
+                for f in ("target", "done", "remaining", "obsolete", "accepted", "rejected", "unreviewed", "short")
             ),
             "",
             "",
         )
     console.print(table)
+    for r in rows:
+        if r.short and r.rejected and not r.replace_rejected:
+            console.print(
+                f"{r.name}: short of {r.short} accepted image{'s' if r.short != 1 else ''} "
+                f"({r.rejected} rejected); `replace_rejected: true` (under stages:) plans replacements",
+                highlight=False,
+                markup=False,
+            )
     run = report.last_run
     if run is not None:
         took = f" in {run.seconds:.1f}s" if run.seconds is not None else ""

@@ -341,7 +341,10 @@ class ClassSpec(GenParams):
     fill_to: Annotated[int, Field(ge=0, le=MAX_IMAGES_PER_CLASS)] | None = Field(
         None, description="Make images until `existing` plus the made ones reach this count."
     )
-    existing: str | None = Field(None, description="Folder of real images counted by `fill_to`.")
+    existing: str | None = Field(
+        None,
+        description="Folder of real images: counted by `fill_to`, compared by the `near_duplicate` filter.",
+    )
     prompt: str | list[str] = Field(description="Prompt template(s) with {var} placeholders.")
     vars: dict[str, VarValues] = Field(default_factory=dict)
     expand: Literal["product", "zip"] = Field("product", description="Combine vars as a cartesian product or zip them.")
@@ -357,6 +360,7 @@ class ClassSpec(GenParams):
     input: InputSpec | None = None
     label: str | None = Field(None, description="Label for exports (metadata: changes no pixels).")
     description: str | None = None
+    replace_rejected: bool | None = Field(None, description="Override `stages.replace_rejected` for this class.")
 
     @model_validator(mode="after")
     def _count_given(self) -> ClassSpec:
@@ -482,8 +486,40 @@ class ThresholdFilter(StrictModel):
     max: float | None = None
 
 
+class ClipScoreFilter(StrictModel):
+    """Cosine similarity between CLIP's image and text embeddings of an image and its prompt
+    (raw cosine in [-1, 1]: CLIPScore without its 100x scale and clipping at 0)."""
+
+    model: str = Field("openai/clip-vit-base-patch32", description="A CLIP checkpoint (hub id or folder).")
+    revision: str | None = Field(None, description="Hub revision of the model (not for folders).")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: float16 on CUDA, float32 on CPU."
+    )
+    min: Annotated[float, Field(ge=-1, le=1)] | None = Field(None, description="Reject below this cosine.")
+    max: Annotated[float, Field(ge=-1, le=1)] | None = Field(None, description="Reject above this cosine.")
+    batch_size: Annotated[int, Field(ge=1, le=1024)] | None = Field(
+        None, description="Images per CLIP call; default from the budget's max_batch."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ClipScoreFilter:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
 class NearDuplicateFilter(StrictModel):
-    max_hamming: Annotated[int, Field(ge=0, le=64)] = 4
+    """A perceptual hash per image; an image within `max_hamming` bits of an earlier kept image of
+    its class (by unit index) or of an image in the class's `existing:` folder is a duplicate."""
+
+    max_hamming: Annotated[int, Field(ge=0, le=64)] = Field(4, description="Bits (of 64) that still count as equal.")
+    hash: Literal["phash", "dhash"] = Field("phash", description="imagehash's perceptual hash or difference hash.")
+
+
+class BlankFilter(StrictModel):
+    """Flat images: the standard deviation of the gray image (0-255) at or below `max_std`."""
+
+    max_std: Annotated[float, Field(ge=0, le=255)] = Field(2.0, description="Gray levels (0-255).")
 
 
 class ClassifierFilter(StrictModel):
@@ -494,8 +530,9 @@ class ClassifierFilter(StrictModel):
 class FilterSpec(StrictModel):
     """Exactly one filter per list entry."""
 
-    clip_score: ThresholdFilter | None = None
+    clip_score: ClipScoreFilter | None = None
     near_duplicate: NearDuplicateFilter | None = None
+    blank: BlankFilter | None = None
     classifier: ClassifierFilter | None = None
     sharpness: ThresholdFilter | None = None
 
@@ -508,6 +545,14 @@ class FilterSpec(StrictModel):
             )
         return self
 
+    @property
+    def kind(self) -> str:
+        return next(n for n in type(self).model_fields if getattr(self, n) is not None)
+
+    @property
+    def config(self) -> Any:
+        return getattr(self, self.kind)
+
 
 class ReviewStage(StrictModel):
     report: bool = True
@@ -518,7 +563,20 @@ class Stages(StrictModel):
     captions: CaptionsStage | None = None
     segment: SegmentStage | None = None
     filters: list[FilterSpec] = Field(default_factory=list)
+    replace_rejected: bool = Field(
+        False,
+        description="Count only images no filter or review rejected toward each target, and plan new "
+        "units (new seeds) to replace the rejected ones; a class's own `replace_rejected` overrides.",
+    )
     review: ReviewStage | None = None
+
+    @model_validator(mode="after")
+    def _one_per_kind(self) -> Stages:
+        kinds = [f.kind for f in self.filters]
+        twice = sorted({k for k in kinds if kinds.count(k) > 1})
+        if twice:
+            raise ValueError(f"each filter may appear once in `filters`, {', '.join(twice)} appears more often")
+        return self
 
 
 class Spec(StrictModel):

@@ -30,7 +30,7 @@ from diffspec.spec.sources import (
 from diffspec.spec.suggest import did_you_mean
 from diffspec.spec.yamlio import PathT, Positions
 from diffspec.tables.families import check_size, check_supported, resolve_family
-from diffspec.tables.sources import local_folder, resolve_source
+from diffspec.tables.sources import local_folder, looks_like_path, resolve_source
 from diffspec.tables.speed import family_problems, mode_problem
 
 BUILTIN_VARS = ("class", "label", "dataset")
@@ -213,6 +213,52 @@ def check_segment_stage(spec: Spec, root: Path, positions: Positions, problems: 
             )
 
 
+def check_filters_stage(spec: Spec, root: Path, positions: Positions, problems: list[Problem]) -> None:
+    """A filter's model must be there to load: a path that is no folder, or a revision on a
+    folder, is an error now, not after the images are made."""
+    for i, entry in enumerate(spec.stages.filters):
+        if entry.classifier is not None:
+            _check_classifier(spec, i, positions, problems)
+        if entry.clip_score is None:
+            continue
+        where: PathT = ("stages", "filters", i, "clip_score")
+        model = entry.clip_score.model
+        folder = local_folder(model, root)
+        if folder is None and looks_like_path(model):
+            problems.append(
+                Problem(
+                    positions.at(where + ("model",)),
+                    f"clip_score `model` {model!r} looks like a folder, and there is none at "
+                    f"{shown_path((root / model).resolve())}; use a hub id (openai/clip-vit-base-patch32) "
+                    "or a folder made with `save_pretrained`",
+                )
+            )
+        elif folder is not None and entry.clip_score.revision is not None:
+            problems.append(
+                Problem(
+                    positions.at(where + ("revision",)),
+                    f"clip_score `revision` applies to hub ids only, and {model!r} is a local folder "
+                    f"({shown_path(folder)}), which is identified by its content; remove it",
+                )
+            )
+
+
+def _check_classifier(spec: Spec, index: int, positions: Positions, problems: list[Problem]) -> None:
+    """The digits classifier judges digits: on another model's images it would reject them all."""
+    for name, cls in spec.classes.items():
+        models = [str(m) for m in cls.sweep.get("model", ())] or [cls.model or spec.defaults.model or ""]
+        others = [m for m in models if m in spec.models and spec.models[m].source != "builtin:digits"]
+        if others:
+            problems.append(
+                Problem(
+                    positions.at(("stages", "filters", index, "classifier")),
+                    f"the classifier filter recognises the digits of builtin:digits, and class {name!r} uses "
+                    f"{others[0]!r} ({spec.models[others[0]].source}); use clip_score for other models",
+                )
+            )
+            return
+
+
 def check_templates(
     name: str, cls: ClassSpec, known: set[str], cpath: PathT, positions: Positions, problems: list[Problem]
 ) -> None:
@@ -311,6 +357,7 @@ def resolve(
     hashes: dict[str, str] = {}
     check_models(spec, root, positions, problems)
     check_segment_stage(spec, root, positions, problems)
+    check_filters_stage(spec, root, positions, problems)
     check_captions_stage(spec, root, positions, problems)
     check_available(spec, positions, problems)
     global_vars: dict[str, tuple[str, ...]] = {}
@@ -379,8 +426,9 @@ def resolve(
         ]:
             check_family_mode(spec, name, checked, cls, cpath, positions, problems, root)
         existing_count = None
+        existing_folder = None
         target = cls.target
-        if cls.fill_to is not None and cls.existing is not None:
+        if cls.existing is not None:
             folder = (root / cls.existing).resolve()
             if not folder.is_dir():
                 problems.append(
@@ -396,8 +444,10 @@ def resolve(
                 problems.append(overlap)
                 existing_count = 0
             else:
-                existing_count = count_images(folder)
-            target = max(0, cls.fill_to - existing_count)
+                existing_folder = str(folder)
+                existing_count = count_images(folder) if cls.fill_to is not None else None
+            if cls.fill_to is not None:
+                target = max(0, cls.fill_to - (existing_count or 0))
         if target is None:
             target = len(cls.seeds or ())
         if cls.seeds is not None and target > len(cls.seeds):
@@ -432,6 +482,8 @@ def resolve(
             description=cls.description,
             existing_count=existing_count,
             fill_to=cls.fill_to,
+            existing_folder=existing_folder,
+            replace_rejected=spec.stages.replace_rejected if cls.replace_rejected is None else cls.replace_rejected,
             model_params=model_params,
         )
     return resolved

@@ -65,6 +65,8 @@ class ResolvedClass:
     description: str | None
     existing_count: int | None = None
     fill_to: int | None = None
+    existing_folder: str | None = None  # absolute: fill_to counts it, near_duplicate compares with it
+    replace_rejected: bool = False  # plan new units for the class's rejected images
     # A swept model is taken whole: its own scheduler, scheduler kwargs and defaults, resolved
     # with the same precedence as `params` (the class's explicit settings still win).
     model_params: Mapping[str, ResolvedParams] = field(default_factory=dict)

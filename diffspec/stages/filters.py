@@ -1,15 +1,19 @@
-"""Quality filters that run after generation and record a verdict per image.
+"""Run the filters stage's planned units: a measured value and a verdict per (image, filter).
 
-Each filter reads the live images that have no verdict yet for its configuration, and appends
-rows to two stage tables: its own (`classifier`, `near_duplicate`, `sharpness`: the measured
-values) and `filters` (fingerprint, filter, passed, value), which `status` and the report read.
-A filter never deletes an image: rejected images stay in the catalog, marked.
+`apply` calls :func:`run_filters` after the images and the segment stage
+(``diffspec.run.stage_phase``) with the plan's :class:`~diffspec.plan.filter_stage.FiltersPlan`.
+Filters run in spec order, their units in the plan's order, ``batch_size`` at a time. Each batch
+appends one atomic Parquet part to the filter's own table (its measured values: ``clip_score``,
+``near_duplicate``, ``blank``, ``classifier``, ``sharpness``) and then one to ``filters``
+(:data:`FILTERS_SCHEMA`, the verdicts :mod:`diffspec.catalog.verdicts` reads). A unit is done
+when its verdict is recorded, so a killed run loses at most the batch in hand and the next apply
+makes exactly the missing verdicts. A filter never deletes an image: rejected images stay in
+the catalog, marked.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,204 +22,377 @@ from typing import Any
 import pyarrow as pa
 
 from diffspec.catalog.store import Catalog, utcnow
+from diffspec.catalog.verdicts import FILTERS_SCHEMA, FILTERS_TABLE, latest_filter_verdicts
 from diffspec.errors import StageError
-from diffspec.spec.model import FilterSpec
+from diffspec.plan.filter_identity import FilterConfig, existing_images
+from diffspec.plan.filter_stage import FILTERS_STAGE, FiltersPlan, FilterUnit
+from diffspec.run.events import RunEvent, event
+from diffspec.run.stage_phase import StageContext, StageOutcome
+from diffspec.stages.parts import compact_stage, tidy_stage
 
-FILTERS_TABLE = "filters"
-FILTERS_SCHEMA = pa.schema(
-    [
-        ("fingerprint", pa.string()),
-        ("class_name", pa.string()),
-        ("filter", pa.string()),
-        ("config_hash", pa.string()),
-        ("passed", pa.bool_()),
-        ("value", pa.float64()),
-        ("run_id", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-
-
-@dataclass(frozen=True)
-class FilterOutcome:
-    name: str
-    checked: int
-    rejected: int
-    skipped_reason: str | None = None
+__all__ = ["FILTERS_SCHEMA", "FILTERS_TABLE", "perceptual_hash", "run_filters"]
 
 
 @dataclass(frozen=True)
 class ImageRef:
-    fingerprint: str
+    unit: FilterUnit
     class_name: str
     prompt: str
     path: Path
 
 
-def _config_hash(name: str, config: Any) -> str:
-    payload = json.dumps([name, config.model_dump(mode="json")], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class Measured:
+    """A batch's verdicts and values, and the rows of the filter's own table."""
+
+    passed: list[bool]
+    values: list[float | None]
+    columns: dict[str, pa.Array]
 
 
-def _pending(catalog: Catalog, name: str, config_hash: str) -> list[ImageRef]:
-    images = catalog.live_images(["fingerprint", "class_name", "prompt", "path"])
-    done: set[str] = set()
-    table = catalog.read_table(FILTERS_TABLE) if catalog.parts(FILTERS_TABLE) else None
-    if table is not None and table.num_rows:
-        rows = table.select(["fingerprint", "filter", "config_hash"]).to_pylist()
-        done = {r["fingerprint"] for r in rows if r["filter"] == name and r["config_hash"] == config_hash}
-    return [
-        ImageRef(r["fingerprint"], r["class_name"], r["prompt"], catalog.output / r["path"])
-        for r in images.to_pylist()
-        if r["fingerprint"] not in done
-    ]
-
-
-def _load(refs: Sequence[ImageRef]) -> list[Any]:
+def _load(paths: Sequence[Path]) -> list[Any]:
     from PIL import Image
 
     images = []
-    for ref in refs:
-        with Image.open(ref.path) as im:
+    for path in paths:
+        with Image.open(path) as im:
             images.append(im.convert("RGB"))
     return images
 
 
-def _classifier(refs: Sequence[ImageRef], config: Any) -> tuple[list[bool], list[float], pa.Table]:
+def _within(value: float, config: FilterConfig) -> bool:
+    low, high = config.param("min"), config.param("max")
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+# --------------------------------------------------------------------------- the measurements
+
+
+def _classifier(refs: Sequence[ImageRef], config: FilterConfig, _models: dict[str, Any]) -> Measured:
     """Does the image show the class its prompt names? For builtin:digits, a scikit-learn
     classifier trained on the real digits answers; the score is its probability of the prompted digit."""
-    if config.model != "builtin:digits-classifier":
+    if config.builtin_model != "builtin:digits-classifier":
         raise StageError(
-            f"classifier model {config.model!r} is not available; the built-in one is 'builtin:digits-classifier'"
+            f"classifier model {config.builtin_model!r} is not available; the built-in one is 'builtin:digits-classifier'"
         )
     from diffspec.generate.builtin.digit_classifier import classifier, to_digit_features
     from diffspec.generate.builtin.digits import parse_prompt
 
     expected = [parse_prompt(ref.prompt).digit for ref in refs]
     model = classifier()
-    probs = model.predict_proba(to_digit_features(_load(refs)))
+    probs = model.predict_proba(to_digit_features(_load([r.path for r in refs])))
     column = {int(c): i for i, c in enumerate(model.classes_)}
     predicted = [int(model.classes_[p.argmax()]) for p in probs]
     scores = [float(p[column[e]]) if e is not None else 0.0 for p, e in zip(probs, expected)]
-    passed = [e is not None and pr == e and s >= config.min_confidence for e, pr, s in zip(expected, predicted, scores)]
-    table = pa.table(
+    minimum = config.param("min_confidence")
+    recognised = [e is not None and pr == e for e, pr in zip(expected, predicted)]
+    passed = [ok and s >= minimum for ok, s in zip(recognised, scores)]
+    return Measured(
+        passed,
+        list(scores),
         {
-            "fingerprint": [r.fingerprint for r in refs],
-            "class_name": [r.class_name for r in refs],
             "expected": pa.array(expected, pa.int32()),
             "predicted": pa.array(predicted, pa.int32()),
             "score": pa.array(scores, pa.float64()),
-            "recognised": pa.array([e is not None and pr == e for e, pr in zip(expected, predicted)], pa.bool_()),
-        }
+            "recognised": pa.array(recognised, pa.bool_()),
+        },
     )
-    return passed, scores, table
 
 
-def dhash(image: Any, size: int = 8) -> int:
-    """A 64-bit difference hash: near-identical pictures differ in few bits."""
-    import numpy as np
-
-    small = np.asarray(image.convert("L").resize((size + 1, size), resample=2), dtype=np.int16)
-    bits = (small[:, 1:] > small[:, :-1]).flatten()
-    return int("".join("1" if b else "0" for b in bits), 2)
-
-
-def _near_duplicate(
-    refs: Sequence[ImageRef], config: Any, catalog: Catalog
-) -> tuple[list[bool], list[float], pa.Table]:
-    """Reject an image whose dHash is within `max_hamming` bits of an earlier kept image of its class."""
-    hashes = [dhash(im) for im in _load(refs)]
-    kept: dict[str, list[int]] = {}
-    previous = catalog.read_table("near_duplicate") if catalog.parts("near_duplicate") else None
-    if previous is not None and previous.num_rows:
-        for row in previous.to_pylist():
-            if row["kept"]:
-                kept.setdefault(row["class_name"], []).append(int(row["dhash"]))
-    passed, distances = [], []
-    for ref, h in zip(refs, hashes):
-        pool = kept.setdefault(ref.class_name, [])
-        nearest = min((bin(h ^ other).count("1") for other in pool), default=64)
-        ok = nearest > config.max_hamming
-        if ok:
-            pool.append(h)
-        passed.append(ok)
-        distances.append(float(nearest))
-    table = pa.table(
-        {
-            "fingerprint": [r.fingerprint for r in refs],
-            "class_name": [r.class_name for r in refs],
-            "dhash": pa.array([h - (1 << 64) if h >= 1 << 63 else h for h in hashes], pa.int64()),
-            "nearest_hamming": pa.array(distances, pa.float64()),
-            "kept": pa.array(passed, pa.bool_()),
-        }
-    )
-    return passed, distances, table
-
-
-def _sharpness(refs: Sequence[ImageRef], config: Any) -> tuple[list[bool], list[float], pa.Table]:
+def _sharpness(refs: Sequence[ImageRef], config: FilterConfig, _models: dict[str, Any]) -> Measured:
     """Variance of the Laplacian of the gray image: low means blurry."""
     import numpy as np
 
     values = []
-    for im in _load(refs):
+    for im in _load([r.path for r in refs]):
         g = np.asarray(im.convert("L"), dtype=np.float64)
         lap = -4 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
         values.append(float(lap.var()) if lap.size else 0.0)
-    passed = [(config.min is None or v >= config.min) and (config.max is None or v <= config.max) for v in values]
-    table = pa.table(
-        {
-            "fingerprint": [r.fingerprint for r in refs],
-            "class_name": [r.class_name for r in refs],
-            "sharpness": pa.array(values, pa.float64()),
-        }
+    return Measured([_within(v, config) for v in values], list(values), {"sharpness": pa.array(values, pa.float64())})
+
+
+def _blank(refs: Sequence[ImageRef], config: FilterConfig, _models: dict[str, Any]) -> Measured:
+    """Flat images: the standard deviation of the gray levels (0-255), and for the page the
+    share of the most common gray level."""
+    import numpy as np
+
+    stds, shares = [], []
+    for im in _load([r.path for r in refs]):
+        g = np.asarray(im.convert("L"), dtype=np.uint8)
+        stds.append(float(g.std()))
+        shares.append(float(np.bincount(g.ravel(), minlength=256).max() / max(1, g.size)))
+    passed = [s > config.param("max_std") for s in stds]
+    return Measured(
+        passed,
+        list(stds),
+        {"gray_std": pa.array(stds, pa.float64()), "dominant_share": pa.array(shares, pa.float64())},
     )
-    return passed, values, table
 
 
-def run_filters(
-    filters: Sequence[FilterSpec], catalog: Catalog, run_id: str, on_progress: Callable[[str, int], None] | None = None
-) -> list[FilterOutcome]:
-    outcomes = []
-    for spec in filters:
-        name = next(n for n in type(spec).model_fields if getattr(spec, n) is not None)
-        config = getattr(spec, name)
-        chash = _config_hash(name, config)
-        refs = _pending(catalog, name, chash)
-        if name == "clip_score":
-            # CLIP scoring needs CLIP weights and arrives with the stages issue; say so, never pretend.
-            outcomes.append(FilterOutcome(name, 0, 0, "clip_score is not implemented yet: images were not scored"))
-            continue
-        if not refs:
-            outcomes.append(FilterOutcome(name, 0, 0))
-            continue
-        if name == "classifier":
-            passed, values, table = _classifier(refs, config)
-        elif name == "near_duplicate":
-            passed, values, table = _near_duplicate(refs, config, catalog)
-        elif name == "sharpness":
-            passed, values, table = _sharpness(refs, config)
-        else:  # the schema admits no other names
-            raise StageError(f"unknown filter {name!r}")
-        catalog.append_stage(name, table, run_id)
+def _clip(refs: Sequence[ImageRef], config: FilterConfig, models: dict[str, Any]) -> Measured:
+    scorer = models["clip_score"]
+    scores = scorer.score(_load([r.path for r in refs]), [r.prompt for r in refs])
+    return Measured(
+        [_within(s, config) for s in scores],
+        list(scores),
+        {"clip_score": pa.array(scores, pa.float64()), "model": pa.array([scorer.source] * len(refs), pa.string())},
+    )
+
+
+MEASURES: dict[str, Callable[[Sequence[ImageRef], FilterConfig, dict[str, Any]], Measured]] = {
+    "classifier": _classifier,
+    "sharpness": _sharpness,
+    "blank": _blank,
+    "clip_score": _clip,
+}
+
+
+# --------------------------------------------------------------------------- near-duplicates
+
+
+def perceptual_hash(image: Any, kind: str) -> int:
+    """A 64-bit perceptual hash by imagehash (``phash``: DCT of a 32 px gray image; ``dhash``:
+    gradients of a 9x8 one), as an integer so Hamming distances are a popcount."""
+    import imagehash
+
+    h = imagehash.phash(image) if kind == "phash" else imagehash.dhash(image)
+    return int(str(h), 16)
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _recorded_hashes(catalog: Catalog, kind: str) -> dict[str, int]:
+    if not catalog.parts("near_duplicate"):
+        return {}
+    table = catalog.read_table("near_duplicate")
+    if not {"fingerprint", "hash_kind", "hash"} <= set(table.column_names):
+        return {}
+    out = {}
+    for fp, k, h in zip(*(table.column(c).to_pylist() for c in ("fingerprint", "hash_kind", "hash"))):
+        if k == kind and h is not None:
+            out[str(fp)] = int(h) & ((1 << 64) - 1)
+    return out
+
+
+@dataclass(frozen=True)
+class DuplicateVerdict:
+    hash: int
+    nearest: int | None  # Hamming distance to the nearest compared image (None: nothing to compare)
+    nearest_to: str | None  # its image fingerprint, or "existing:<file>" for the existing folder
+    kept: bool
+
+
+def duplicate_verdicts(
+    chain: Sequence[tuple[str, int]], existing: Sequence[tuple[str, int]], max_hamming: int
+) -> dict[str, DuplicateVerdict]:
+    """Replay a class in unit-index order: an image within ``max_hamming`` bits of an existing
+    image or of an earlier kept image is a duplicate; a kept image joins the comparison set."""
+    pool: list[tuple[str, int]] = list(existing)
+    out: dict[str, DuplicateVerdict] = {}
+    for fp, h in chain:
+        nearest, to = None, None
+        for name, other in pool:
+            d = (h ^ other).bit_count()
+            if nearest is None or d < nearest:
+                nearest, to = d, name
+        kept = nearest is None or nearest > max_hamming
+        if kept:
+            pool.append((fp, h))
+        out.setdefault(fp, DuplicateVerdict(h, nearest, to, kept))
+    return out
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+class _Run:
+    def __init__(self, stage: FiltersPlan, context: StageContext) -> None:
+        self.stage = stage
+        self.context = context
+        self.catalog = context.catalog
+        live = self.catalog.live_images(["fingerprint", "class_name", "prompt", "path"])
+        self.images = {
+            r["fingerprint"]: (r["class_name"], r["prompt"], self.catalog.output / r["path"]) for r in live.to_pylist()
+        }
+        self.models: dict[str, Any] = {}
+        self.events: list[RunEvent] = []
+        self.made = self.failed = self.waiting = 0
+        self.interrupted = False
+        self.counts: dict[str, tuple[int, int]] = {}
+
+    def ref(self, unit: FilterUnit) -> ImageRef:
+        _cls, prompt, path = self.images[unit.image_fingerprint]
+        return ImageRef(unit, unit.class_name, prompt or "", path)
+
+    def record(self, config: FilterConfig, refs: Sequence[ImageRef], measured: Measured) -> None:
         now = utcnow()
+        run_id = self.context.run_id
+        n = len(refs)
+        values = pa.table(
+            {
+                "fingerprint": [r.unit.image_fingerprint for r in refs],
+                "filter_fingerprint": [r.unit.fingerprint for r in refs],
+                "class_name": [r.class_name for r in refs],
+                **measured.columns,
+                "passed": pa.array(measured.passed, pa.bool_()),
+                "run_id": [run_id] * n,
+                "created_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+            }
+        )
+        # Values first, then verdicts: the verdict makes the unit done, so a run killed between
+        # the two measures the batch again (its values twice; readers take the latest).
+        self.catalog.append_stage(config.kind, values, run_id)
         verdicts = pa.Table.from_pylist(
             [
                 {
-                    "fingerprint": r.fingerprint,
+                    "fingerprint": r.unit.image_fingerprint,
                     "class_name": r.class_name,
-                    "filter": name,
-                    "config_hash": chash,
+                    "filter": config.kind,
+                    "config_hash": r.unit.fingerprint,
                     "passed": ok,
                     "value": v,
                     "run_id": run_id,
                     "created_at": now,
                 }
-                for r, ok, v in zip(refs, passed, values)
+                for r, ok, v in zip(refs, measured.passed, measured.values)
             ],
             schema=FILTERS_SCHEMA,
         )
-        catalog.append_stage(FILTERS_TABLE, verdicts, run_id)
-        if on_progress:
-            on_progress(name, len(refs))
-        outcomes.append(FilterOutcome(name, len(refs), sum(not ok for ok in passed)))
-    return outcomes
+        self.catalog.append_stage(FILTERS_TABLE, verdicts, run_id)
+        self.made += n
+        checked, rejected = self.counts.get(config.kind, (0, 0))
+        self.counts[config.kind] = (checked + n, rejected + sum(not ok for ok in measured.passed))
+
+    def batches(self, config: FilterConfig, refs: Sequence[ImageRef], measure: Callable[..., Measured]) -> None:
+        size = self.stage.batch_size
+        for start in range(0, len(refs), size):
+            if self.context.stop.is_set():
+                self.interrupted = True
+                return
+            batch = refs[start : start + size]
+            try:
+                measured = measure(batch)
+            except (OSError, ValueError, RuntimeError) as exc:
+                # One unreadable image fails its batch alone; the next apply tries it again.
+                self.failed += len(batch)
+                self.events.append(
+                    event(
+                        "stage_batch_failed",
+                        f"filter {config.kind}: a batch of {len(batch)} failed: {type(exc).__name__}: {exc}",
+                    )
+                )
+                continue
+            self.record(config, batch, measured)
+
+    def run(self) -> None:
+        done = latest_filter_verdicts(self.catalog)
+        for config in self.stage.configs:
+            units = [
+                u
+                for u in self.stage.create
+                if u.kind == config.kind and done.get((u.image_fingerprint, u.kind), ("",))[0] != u.fingerprint
+            ]
+            if not units or self.interrupted:
+                continue
+            if config.kind == "near_duplicate":
+                self.near_duplicates(config, units)
+                continue
+            ready = [u for u in units if u.image_fingerprint in self.images]
+            self.waiting += len(units) - len(ready)
+            if not ready:
+                continue
+            if config.kind == "clip_score" and "clip_score" not in self.models:
+                from diffspec.stages.clip import ClipScorer
+
+                assert config.model is not None
+                self.context.note(f"filter clip_score: loading {config.model.source}")
+                self.models["clip_score"] = ClipScorer.load(config.model, self.context.device)
+            measure = MEASURES[config.kind]
+            self.batches(config, [self.ref(u) for u in ready], lambda b, c=config, m=measure: m(b, c, self.models))
+
+    def near_duplicates(self, config: FilterConfig, units: Sequence[FilterUnit]) -> None:
+        """Per class, hash the class's images (recorded hashes are reused), replay the class in
+        unit-index order, and record the verdicts of the units to make. A unit waits while an
+        image before it in its class is not made (its verdict depends on that image)."""
+        kind, max_hamming = config.param("hash"), int(config.param("max_hamming"))
+        recorded = _recorded_hashes(self.catalog, kind)
+        by_class: dict[str, list[FilterUnit]] = {}
+        for u in units:
+            by_class.setdefault(u.class_name, []).append(u)
+        for name, todo in by_class.items():
+            chain = self.stage.chains.get(name, ())
+            made_prefix = 0
+            while made_prefix < len(chain) and chain[made_prefix] in self.images:
+                made_prefix += 1
+            available = set(chain[:made_prefix])
+            ready = [u for u in todo if u.image_fingerprint in available]
+            self.waiting += len(todo) - len(ready)
+            if not ready:
+                continue
+            try:
+                hashes = []
+                for fp in chain[:made_prefix]:
+                    if fp not in recorded:
+                        recorded[fp] = perceptual_hash(_load([self.images[fp][2]])[0], kind)
+                    hashes.append((fp, recorded[fp]))
+                folder = self.stage.existing.get(name)
+                existing = [
+                    (f"existing:{p.relative_to(folder).as_posix()}", perceptual_hash(_load([p])[0], kind))
+                    for p in existing_images(folder)
+                ]
+            except OSError as exc:
+                self.failed += len(ready)
+                self.events.append(
+                    event("stage_batch_failed", f"filter near_duplicate: class {name}: {type(exc).__name__}: {exc}")
+                )
+                continue
+            verdicts = duplicate_verdicts(hashes, existing, max_hamming)
+
+            def measure(batch: Sequence[ImageRef], v: dict[str, DuplicateVerdict] = verdicts) -> Measured:
+                got = [v[r.unit.image_fingerprint] for r in batch]
+                return Measured(
+                    [g.kept for g in got],
+                    [float(g.nearest) if g.nearest is not None else None for g in got],
+                    {
+                        "hash_kind": pa.array([kind] * len(got), pa.string()),
+                        "hash": pa.array([_signed(g.hash) for g in got], pa.int64()),
+                        # float64, as 0.1 wrote it: a catalog holds both and they must concatenate
+                        "nearest_hamming": pa.array([g.nearest for g in got], pa.float64()),
+                        "nearest_to": pa.array([g.nearest_to for g in got], pa.string()),
+                        "kept": pa.array([g.kept for g in got], pa.bool_()),
+                    },
+                )
+
+            self.batches(config, [self.ref(u) for u in ready], measure)
+
+
+def run_filters(stage: FiltersPlan, context: StageContext) -> StageOutcome:
+    """Make ``stage.create``: every planned verdict whose image is in the catalog."""
+    t0 = time.perf_counter()
+    tables = sorted({c.kind for c in stage.configs} | {FILTERS_TABLE})
+    for table in tables:
+        tidy_stage(context.catalog, context.run_id, table)
+    run = _Run(stage, context)
+    run.run()
+    if run.waiting:
+        run.events.append(
+            event(
+                "stage_waiting",
+                f"filters: {run.waiting} verdicts wait for images that are not in the catalog (failed or not made yet)",
+                count=run.waiting,
+            )
+        )
+    for table in tables:
+        compact_stage(context.catalog, context.run_id, table)
+    return StageOutcome(
+        FILTERS_STAGE,
+        run.made,
+        run.failed,
+        run.waiting,
+        time.perf_counter() - t0,
+        interrupted=run.interrupted,
+        events=tuple(run.events),
+        filters=tuple((c.kind, *run.counts[c.kind]) for c in stage.configs if c.kind in run.counts),
+    )

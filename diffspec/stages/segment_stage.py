@@ -27,6 +27,7 @@ from diffspec.plan.stages import SEGMENT_STAGE, SegmentPlan, SegmentUnit, done_s
 from diffspec.run.events import RunEvent, event
 from diffspec.run.stage_phase import StageContext, StageOutcome
 from diffspec.stages.masks import mask_to_polygons, rle_encode, rle_to_string
+from diffspec.stages.parts import compact_stage, tidy_stage
 
 SEGMENT_SCHEMA = pa.schema(
     [
@@ -120,7 +121,7 @@ def run_segment(stage: SegmentPlan, context: StageContext, segmenter: Any = None
 
     t0 = time.perf_counter()
     catalog = context.catalog
-    tidy_stage(catalog, context.run_id)
+    tidy_stage(catalog, context.run_id, SEGMENT_STAGE)
     paths = _image_paths(catalog)
     ready = [u for u in stage.create if u.image_fingerprint in paths]
     waiting = len(stage.create) - len(ready)
@@ -171,32 +172,10 @@ def run_segment(stage: SegmentPlan, context: StageContext, segmenter: Any = None
         ]
         catalog.append_stage(SEGMENT_STAGE, pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA), context.run_id)
         made += len(batch)
-    compact_stage(catalog, context.run_id)
+    compact_stage(catalog, context.run_id, SEGMENT_STAGE)
     return StageOutcome(
         SEGMENT_STAGE, made, failed, waiting, time.perf_counter() - t0, interrupted=interrupted, events=tuple(events)
     )
-
-
-def tidy_stage(catalog: Catalog, current_run: str) -> None:
-    """Merge each earlier run's parts (a killed run never compacted its own)."""
-    from diffspec.catalog.recorder import run_of
-
-    counts: dict[str, int] = {}
-    for part in catalog.parts(SEGMENT_STAGE):
-        run = run_of(part)
-        if run != current_run and not part.name.endswith("-all.parquet"):
-            counts[run] = counts.get(run, 0) + 1
-    for run, count in sorted(counts.items()):
-        if count > 1:
-            compact_stage(catalog, run)
-
-
-def compact_stage(catalog: Catalog, run_id: str) -> None:
-    """Merge the run's parts of the table into one (kill-safe: readers dedup in between)."""
-    try:
-        catalog.compact(SEGMENT_STAGE, run_id)
-    except OSError:
-        pass  # an optimisation: many small parts read the same
 
 
 def live_segment_rows(catalog: Catalog, columns: Sequence[str] | None = None) -> pa.Table:

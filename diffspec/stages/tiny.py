@@ -33,6 +33,8 @@ __all__ = [
     "GEMMA_CHAT_TEMPLATE",
     "TINY_DINO_IMAGE_SIZE",
     "TINY_SAM_IMAGE_SIZE",
+    "TINY_CLIP_IMAGE_SIZE",
+    "build_tiny_clip",
     "build_tiny_grounding_dino",
     "build_tiny_lm",
     "build_tiny_sam",
@@ -284,4 +286,66 @@ def build_tiny_sam(folder: str | Path, seed: int = 0) -> Path:
         model.save_pretrained(folder, safe_serialization=True)
         processor.save_pretrained(folder)
     _write_marker(folder, "sam", seed)
+    return folder
+
+
+# --------------------------------------------------------------------------- CLIP
+
+#: CLIP's image processor resizes and centre-crops to this (the real ViT-B/32: 224).
+TINY_CLIP_IMAGE_SIZE = 32
+
+
+def _clip_vocab() -> dict[str, int]:
+    """A byte-level BPE vocabulary as CLIP's: every byte symbol alone and ending a word (``</w>``),
+    and the start / end tokens; with no merges, every word tokenises to its letters."""
+    from tokenizers import pre_tokenizers
+
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    pieces = ["<|startoftext|>", "<|endoftext|>"] + symbols + [s + "</w>" for s in symbols]
+    return {piece: i for i, piece in enumerate(pieces)}
+
+
+def build_tiny_clip(folder: str | Path, seed: int = 0) -> Path:
+    """A tiny ``CLIPModel`` (2-layer ViT at 32 px, 2-layer text transformer) with a
+    ``CLIPTokenizer`` written offline and the PIL ``CLIPImageProcessor``, saved as a checkpoint."""
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = _clip_vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": vocab["<|endoftext|>"],
+            "pad_token_id": vocab["<|endoftext|>"],
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": TINY_CLIP_IMAGE_SIZE,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": TINY_CLIP_IMAGE_SIZE},
+        crop_size={"height": TINY_CLIP_IMAGE_SIZE, "width": TINY_CLIP_IMAGE_SIZE},
+    )
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    _seed(seed, 4)
+    with quiet_loading():
+        model = CLIPModel(config).eval()
+        model.save_pretrained(folder, safe_serialization=True)
+        processor.save_pretrained(folder)
+    _write_marker(folder, "clip", seed)
     return folder

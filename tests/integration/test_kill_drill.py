@@ -74,3 +74,30 @@ def test_apply_with_the_segment_stage_survives_sigkill_in_the_stage(tmp_path: Pa
     assert f["units_made_twice"] == 0 and f["duplicate_rows"] == 0
     assert f["rows_without_image"] == 0 and f["undecodable_masks"] == 0
     assert f["ok"]
+
+
+def test_apply_with_the_filters_survives_sigkill_in_the_stage(tmp_path: Path, monkeypatch) -> None:
+    """Kills land in the image phase, in start-up and while the filters record their batches:
+    every verdict the spec asks for ends recorded, none without its image, and at most a batch
+    per kill is measured again."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    drill = _drill_module()
+    f = drill.run_drill(
+        tmp_path / "drill",
+        units=40,
+        kills=4,
+        batch=4,
+        size=32,
+        steps=2,
+        seed=3,
+        after_write=(0.0, 0.8),
+        model=tiny_sd(),
+        verbose=True,
+        filters=True,
+    )
+    print(f"\nkill drill with filters: {f['kills']} kills, {f['filter_units']} verdicts, {f['seconds']}s")
+    assert f["kills"] >= 2
+    assert f["filter_units"] == 3 * f["planned"] and f["filter_units_left"] == 0
+    assert f["verdicts_without_image"] == 0
+    assert f["verdicts_measured_twice"] <= f["measured_twice_bound"]
+    assert f["ok"]

@@ -1,4 +1,4 @@
-"""Session fixtures for the stage tests: tiny causal LM, Grounding DINO and SAM folders.
+"""Session fixtures for the stage tests: tiny causal LM, Grounding DINO, SAM and CLIP folders.
 
 Import them with ``from tiny_stage_models import *`` (see the try/except at the top of
 ``test_stages_*.py``). Each folder is built once per session by ``diffspec.stages.tiny`` and then
@@ -16,7 +16,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-__all__ = ["tiny_lm", "tiny_lm_plain", "tiny_dino", "tiny_sam", "one_thread"]
+__all__ = ["tiny_lm", "tiny_lm_plain", "tiny_dino", "tiny_sam", "tiny_clip", "one_thread"]
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +46,13 @@ def tiny_sam(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from diffspec.stages.tiny import build_tiny_sam
 
     return build_tiny_sam(tmp_path_factory.mktemp("tiny-sam") / "sam")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from diffspec.stages.tiny import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "clip")
 
 
 @pytest.fixture

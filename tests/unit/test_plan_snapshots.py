@@ -83,5 +83,5 @@ def test_cli_plan_prints_what_the_renderers_render(specs_copy: Path, spec: str) 
 
 def test_plan_json_key_order_is_stable(specs_copy: Path) -> None:
     data = json.loads(render_json(build_plan(load_spec("specs/pizza.yaml"))))
-    assert list(data) == ["dataset", "spec", "profile", "changes", "totals", "classes", "execution"]
+    assert list(data) == ["dataset", "spec", "profile", "changes", "totals", "classes", "execution", "stages"]
     assert list(data["classes"][0])[:3] == ["class", "label", "model"]

@@ -80,7 +80,10 @@ def test_result_json_has_a_stable_shape() -> None:
 
 
 def test_status_table_and_json() -> None:
-    rows = (ClassStatus("a", 10, 8, 2, 1, 3, 0.91, 0.012), ClassStatus("b", 5, 5, 0, 0, 0, None))
+    rows = (
+        ClassStatus("a", 10, 8, 2, 1, rejected=3, unreviewed=5, quality=0.91, seconds_per_image=0.012, short=5),
+        ClassStatus("b", 5, 5, 0, 0, rejected=0, quality=None),
+    )
     run = RunSummary(
         "r9",
         "finished",
@@ -104,10 +107,15 @@ def test_status_table_and_json() -> None:
         "done": 8,
         "remaining": 2,
         "obsolete": 1,
+        "accepted": 0,
         "rejected": 3,
+        "unreviewed": 5,
+        "short": 5,
+        "replace_rejected": False,
         "quality": 0.91,
         "seconds_per_image": 0.012,
     }
+    assert "a: short of 5 accepted images (3 rejected)" in out
     assert report.to_dict()["last_run"]["kept"] == 2
 
 

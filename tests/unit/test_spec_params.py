@@ -251,27 +251,65 @@ def test_a_spec_that_cannot_be_set_aside_safely_reports_the_schema_problems_only
     assert len(problems) == 1 and "`model` must be a string" in problems[0], problems
 
 
-@pytest.mark.parametrize(
-    ("stages", "key", "line"),
-    [
-        (
-            "stages:\n  filters:\n    - near_duplicate: {max_hamming: 4}\n    - clip_score: {min: 0.2}\n",
-            "clip_score",
-            4,
-        ),
-    ],
+_FILTER_BODY = (
+    "version: 1\ndataset: d\noutput: out\nmodels:\n  m: {source: builtin:digits}\n"
+    'defaults: {model: m, size: [16, 16], steps: 4}\nclasses:\n  one: {target: 2, prompt: "a 1"}\n'
 )
-def test_a_stage_this_version_cannot_run_is_refused_with_its_position(
-    tmp_path: Path, stages: str, key: str, line: int
-) -> None:
+
+
+def test_clip_score_validates_now_that_it_runs(tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
-    body = (
-        "version: 1\ndataset: d\noutput: out\nmodels:\n  m: {source: builtin:digits}\n"
-        'defaults: {model: m, size: [16, 16], steps: 4}\nclasses:\n  one: {target: 2, prompt: "a 1"}\n'
+    spec.write_text(
+        _FILTER_BODY + "stages:\n  replace_rejected: true\n  filters:\n    - near_duplicate: {max_hamming: 4}\n"
+        "    - clip_score: {min: 0.2}\n    - blank: {max_std: 3}\n"
     )
-    spec.write_text(body + stages)
+    loaded = load_spec(spec)
+    assert [f.kind for f in loaded.spec.stages.filters] == ["near_duplicate", "clip_score", "blank"]
+    assert loaded.classes["one"].replace_rejected is True
+
+
+def test_a_filter_listed_twice_is_refused(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(_FILTER_BODY + "stages:\n  filters:\n    - blank: {}\n    - blank: {max_std: 3}\n")
     with pytest.raises(SpecError) as info:
         load_spec(spec)
     (problem,) = info.value.problems
-    assert f"`{key}`" in problem.message and "arrives in 0.2" in problem.message
-    assert problem.position is not None and problem.position.line == body.count("\n") + line
+    assert "blank appears more often" in problem.message and problem.position is not None
+
+
+def test_clip_score_thresholds_are_cosines(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(_FILTER_BODY + "stages:\n  filters:\n    - clip_score: {min: 22}\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    assert any("`min` must be ≤ 1.0, got 22" in p.message for p in info.value.problems)
+
+
+def test_a_clip_model_folder_that_is_not_there_is_refused_before_any_image(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(_FILTER_BODY + "stages:\n  filters:\n    - clip_score: {model: ./no-such-clip, min: 0.2}\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    (problem,) = info.value.problems
+    assert "looks like a folder, and there is none" in problem.message
+    assert problem.position is not None and problem.position.line == _FILTER_BODY.count("\n") + 3
+    (tmp_path / "clip").mkdir()
+    spec.write_text(_FILTER_BODY + "stages:\n  filters:\n    - clip_score: {model: ./clip, revision: main}\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    assert "`revision` applies to hub ids only" in info.value.problems[0].message
+
+
+def test_the_digit_classifier_is_refused_for_other_models(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        _FILTER_BODY.replace(
+            "models:\n  m: {source: builtin:digits}\n",
+            "models:\n  m: {source: builtin:digits}\n  sd: {source: runwayml/stable-diffusion-v1-5}\n",
+        )
+        + '  two: {target: 1, prompt: "a cat", model: sd, size: [64, 64]}\n'
+        + "stages:\n  filters:\n    - classifier: {}\n"
+    )
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    assert any("class 'two' uses 'sd'" in p.message for p in info.value.problems)
