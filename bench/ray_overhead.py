@@ -2,7 +2,7 @@
 processes executor with 2 worker processes, in one run.
 
     python bench/ray_overhead.py                       # 96 images, 64x64, DDIM 20 steps, batch 4
-    python bench/ray_overhead.py --images 8 --size 32 --steps 2 --repeats 1   # a functional smoke run
+    python bench/ray_overhead.py --images 8 --size 32 --steps 2 --rounds 1   # a functional smoke run
 
 Three ways, each on a fresh output with a tiny random-weight SD pipeline (``build_tiny``):
 
@@ -12,11 +12,14 @@ Three ways, each on a fresh output with a tiny random-weight SD pipeline (``buil
 (w) the same on a Ray session already running (a cluster that is up; the Python API with the
     caller's ``ray.init``).
 
-Prints each time (best of ``--repeats``, in rotating order), r/p and w/p (target <= 1.25 on a
-2-core machine where Ray's own processes compete for the cores), the time to the first
-recorded image of each (from the run's ``timing`` event), and checks that all three made the
-same rows (fingerprints and sha256). Ray runs with authentication and its dashboard off and
-its temporary folder in a short folder of this run's own.
+Each figure is the median of ``--rounds`` interleaved rounds (p, r, w; then r, w, p; ...), so a
+neighbour's load on a shared machine falls on every way alike. Prints each time, r/p and w/p
+(target <= 1.25 on a 2-core machine where Ray's own processes compete for the cores), the time
+to the first recorded image of each (from the run's ``timing`` event), where a Ray run's time
+goes before that image (the ``ray_start``, ``worker_ready`` and ``load`` events of its log), and
+checks that all three made the same rows (fingerprints and sha256). Ray runs with
+authentication and its dashboard off and its temporary folder in a short folder of this run's
+own.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +46,22 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 )
+
+WAYS = "prw"
+LABELS = {
+    "p": "(p) processes, 2 workers:           ",
+    "r": "(r) ray, 2 actors, local Ray started:",
+    "w": "(w) ray, 2 actors, Ray already up:   ",
+}
+
+
+@dataclass(frozen=True)
+class Measured:
+    seconds: float
+    first: float  # seconds to the first recorded image (the run's `timing` event)
+    ray_start: float  # seconds to start or join Ray (`ray_start`); 0 for processes
+    actors_ready: float  # seconds until the last actor answered (`worker_ready`)
+    load: float  # the slowest pipeline load of the run (`load`)
 
 
 def write_spec(folder: Path, model: Path, images: int, batch: int, size: int, steps: int, output: str) -> Path:
@@ -63,8 +84,8 @@ def write_spec(folder: Path, model: Path, images: int, batch: int, size: int, st
     return spec
 
 
-def run(spec: Path, executor: str) -> tuple[float, float, dict[str, str]]:
-    """(seconds, seconds to the first recorded image, fingerprint -> sha256)."""
+def run(spec: Path, executor: str) -> tuple[Measured, dict[str, str]]:
+    """What one apply took, and the rows it made (fingerprint -> sha256)."""
     from diffspec.catalog.store import Catalog
     from diffspec.project import Project
 
@@ -77,9 +98,19 @@ def run(spec: Path, executor: str) -> tuple[float, float, dict[str, str]]:
     assert result.failed == 0 and result.made == result.planned, result
     catalog = Catalog(project.output)
     finished = [r for r in catalog.runs() if r["phase"] == "finished"][-1]
-    timing = [e for e in json.loads(finished["log"]) if e["event"] == "timing"][0]
+    log = json.loads(finished["log"])
+
+    def slowest(kind: str) -> float:
+        return max((float(e["seconds"]) for e in log if e["event"] == kind), default=0.0)
+
+    timing = next(e for e in log if e["event"] == "timing")
     rows = {r["fingerprint"]: r["sha256"] for r in catalog.live_images(["fingerprint", "sha256"]).to_pylist()}
-    return seconds, float(timing["first"]), rows
+    measured = Measured(seconds, float(timing["first"]), slowest("ray_start"), slowest("worker_ready"), slowest("load"))
+    return measured, rows
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
 
 
 def main() -> None:
@@ -88,7 +119,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
     import ray
@@ -101,8 +132,8 @@ def main() -> None:
     os.makedirs(os.path.join(short, "ray"), exist_ok=True)
     try:
         model = build_tiny("sd", "txt2img", work / "tiny")
-        specs = {k: write_spec(work, model, args.images, args.batch, args.size, args.steps, f"out-{k}") for k in "prw"}
-        best: dict[str, tuple[float, float]] = {}
+        specs = {k: write_spec(work, model, args.images, args.batch, args.size, args.steps, f"out-{k}") for k in WAYS}
+        measured: dict[str, list[Measured]] = {k: [] for k in WAYS}
         rows: dict[str, dict[str, str]] = {}
 
         def measure(way: str) -> None:
@@ -115,30 +146,40 @@ def main() -> None:
                     _temp_dir=os.path.join(short, "w"),
                 )
                 try:
-                    seconds, first, made = run(specs[way], "ray")
+                    m, made = run(specs[way], "ray")
                 finally:
                     ray.shutdown()
             else:
-                seconds, first, made = run(specs[way], "processes" if way == "p" else "ray")
+                m, made = run(specs[way], "processes" if way == "p" else "ray")
+            if way in rows:
+                assert rows[way] == made, f"({way}) made other rows in another round"
             rows[way] = made
-            if way not in best or seconds < best[way][0]:
-                best[way] = (seconds, first)
-            print(f"  {way}: {seconds:.2f}s (first image at {first:.2f}s)", flush=True)
+            measured[way].append(m)
+            print(f"  {way}: {m.seconds:.2f}s (first image at {m.first:.2f}s)", flush=True)
 
-        order = list("prw")
-        for i in range(args.repeats):
-            for way in order[i % 3 :] + order[: i % 3]:
+        for i in range(args.rounds):
+            for way in WAYS[i % 3 :] + WAYS[: i % 3]:
                 measure(way)
         assert rows["p"] == rows["r"] == rows["w"], "the executors made different rows"
-        p, r, w = best["p"][0], best["r"][0], best["w"][0]
+
+        def med(way: str, name: str) -> float:
+            return median([getattr(m, name) for m in measured[way]])
+
+        p, r, w = med("p", "seconds"), med("r", "seconds"), med("w", "seconds")
         print(
             f"\n{args.images} images {args.size}x{args.size}, {args.steps} steps, batch {args.batch}, "
-            f"best of {args.repeats}; all three made identical rows ({len(rows['p'])})"
+            f"medians of {args.rounds} interleaved rounds; all three made identical rows ({len(rows['p'])})"
         )
-        print(f"(p) processes, 2 workers:            {p:8.2f}s  first image {best['p'][1]:.2f}s")
-        print(f"(r) ray, 2 actors, local Ray started: {r:8.2f}s  first image {best['r'][1]:.2f}s")
-        print(f"(w) ray, 2 actors, Ray already up:    {w:8.2f}s  first image {best['w'][1]:.2f}s")
-        print(f"r/p = {r / p:.3f}   w/p = {w / p:.3f}   (target <= 1.25)")
+        for way in WAYS:
+            print(f"{LABELS[way]} {med(way, 'seconds'):8.2f}s  first image {med(way, 'first'):.2f}s")
+        verdict = "met" if r / p <= 1.25 else "MISSED"
+        print(f"r/p = {r / p:.3f}   w/p = {w / p:.3f}   (target r/p <= 1.25: {verdict})")
+        print("before the first image of a Ray run (medians):")
+        for way in "rw":
+            print(
+                f"  ({way}) Ray start {med(way, 'ray_start'):.2f}s, actors ready {med(way, 'actors_ready'):.2f}s "
+                f"after they were asked for, slowest pipeline load {med(way, 'load'):.2f}s"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(short, ignore_errors=True)

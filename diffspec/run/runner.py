@@ -105,16 +105,18 @@ class BatchRunner:
         self.close()
         t0 = time.perf_counter()
         self.backend = self.factory(batch.key, device=self.device, strategy=batch.strategy)
+        seconds = time.perf_counter() - t0
         self.load_key = lk
         self.strategy = batch.strategy
         out.events.append(
             event(
                 "load",
                 f"loaded {batch.key.model.source} ({batch.key.mode}) on {self.device} "
-                f"with strategy {batch.strategy} in {time.perf_counter() - t0:.1f}s",
+                f"with strategy {batch.strategy} in {seconds:.1f}s",
                 worker=self.worker,
                 device=self.device,
                 model=batch.key.model.source,
+                seconds=round(seconds, 3),
                 **_speed_fields(self.backend),
             )
         )

@@ -116,6 +116,13 @@ def test_ray_actors_make_the_same_bytes_as_the_local_executor(ray_session, refer
     rows = Catalog(project.output).live_images(["batch_size"]).to_pylist()
     assert max(r["batch_size"] for r in rows) == 4
     assert len(Catalog(project.output).parts("images")) == 1  # one writer of rows: the driver
+    # the log says where the time before the first image went: Ray, each actor's start, each load
+    log = json.loads([r for r in Catalog(project.output).runs() if r["phase"] == "finished"][0]["log"])
+    started = [e for e in log if e["event"] == "ray_start"]
+    assert len(started) == 1 and started[0]["message"].startswith("used the Ray session already running"), started
+    ready = sorted(e["worker"] for e in log if e["event"] == "worker_ready" and e["seconds"] > 0)
+    assert ready == [0, 1], log
+    assert [e["seconds"] > 0 for e in log if e["event"] == "load"] == [True, True], log
 
     shared, result = _ray_apply(tmp_path, "shared", extra_budget="shared_storage: true")
     assert result.made == 12 and result.failed == 0, result

@@ -129,6 +129,7 @@ class _Actor:
     gone: bool = False
     pid: int | None = None
     node: str | None = None
+    asked_at: float = field(default_factory=time.monotonic)
 
 
 class RayExecutor:
@@ -232,7 +233,9 @@ class RayExecutor:
         return actor
 
     def start(self) -> None:
+        t0 = time.monotonic()
         self._connect()
+        connected_in = time.monotonic() - t0
         try:
             self._actor_options()
             self._remote = self.ray.remote(BatchActor)
@@ -241,6 +244,16 @@ class RayExecutor:
         except BaseException:
             self.close()
             raise
+        # Where a run's time goes before its first image (see docs/ray.md): Ray's start-up here,
+        # each actor's start in `worker_ready`, its pipeline's load in the runner's `load` event.
+        if not self._owns_ray:
+            how = "used the Ray session already running"
+        elif self.plan.address:
+            how = f"connected to the Ray cluster at {self.plan.address} in {connected_in:.2f}s"
+        else:
+            how = f"started a local Ray in {connected_in:.2f}s"
+        started = event("ray_start", f"{how}; {len(self.devices)} actors asked for", seconds=round(connected_in, 3))
+        self._pending.append(Outcome(-1, events=(started,)))
 
     def submit(self, batch: Batch) -> None:
         if self._done:
@@ -284,6 +297,15 @@ class RayExecutor:
             actor.ready = True
         except Exception as exc:  # it died while starting (its node lost, its constructor raised)
             self._lost(actor, None, exc)
+            return
+        seconds = time.monotonic() - actor.asked_at
+        ready = event(
+            "worker_ready",
+            f"Ray actor {actor.wid} (pid {actor.pid}) ready {seconds:.2f}s after it was asked for",
+            worker=actor.wid,
+            seconds=round(seconds, 3),
+        )
+        self._pending.append(Outcome(-1, events=(ready,)))
 
     def _collect(self, ref: Any) -> None:
         ex = self.ray.exceptions
