@@ -8,13 +8,12 @@ never points to a file that a crash could lose.
 The PNG carries its provenance in tEXt chunks (iTXt when a value is not Latin-1): prompt,
 negative prompt, seed, model source and revision, scheduler and its resolved config, steps,
 guidance, size, fingerprint, diffspec version. The encoding is deterministic: same pixels,
-same bytes (no timestamps, fixed compression level).
+same bytes (no timestamps, one filter, fixed compression level; :mod:`diffspec.run.png`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -27,10 +26,10 @@ from diffspec.atomic import atomic_write_many
 from diffspec.catalog.records import ImageRecord
 from diffspec.errors import DiffspecError
 from diffspec.plan.unit import WorkUnit
+from diffspec.run.png import encode_pixels
 
 #: Set to a file path to make the writer append one line per image it writes (kill drills).
 WRITE_COUNTER_ENV = "DIFFSPEC_WRITE_COUNTER"
-PNG_COMPRESS_LEVEL = 6
 
 
 def diffspec_version() -> str:
@@ -77,21 +76,12 @@ def png_metadata(unit: WorkUnit, scheduler_config: dict[str, Any] | None) -> dic
 
 
 def encode_png(image: Any, meta: dict[str, str]) -> bytes:
-    """PNG bytes of a PIL image with ``meta`` as text chunks. Deterministic."""
-    from PIL.PngImagePlugin import PngInfo
+    """PNG bytes of a PIL image with ``meta`` as text chunks. Deterministic (:mod:`diffspec.run.png`)."""
+    import numpy as np
 
-    info = PngInfo()
-    for name, value in meta.items():
-        try:
-            value.encode("latin-1")
-            info.add_text(name, value)
-        except UnicodeEncodeError:
-            info.add_itxt(name, value)
     if image.mode not in ("RGB", "RGBA", "L"):
         image = image.convert("RGB")
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
+    return encode_pixels(np.asarray(image), meta)
 
 
 def encode_items(
