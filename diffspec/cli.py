@@ -115,8 +115,11 @@ def _signals_held() -> Iterator[None]:
     try:
         yield
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        # Run as the `diffspec` process (main()), the command is over: keep holding until the
+        # process ends, or a signal landing between here and the exit kills it with another code.
+        if not _state.get("process"):
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 @app.callback()
@@ -556,6 +559,7 @@ def schema() -> None:
 
 
 def main() -> None:
+    _state["process"] = True
     try:
         app()
         code = 0

@@ -292,7 +292,7 @@ def test_a_node_lost_mid_run_is_an_actor_lost(tmp_path: Path) -> None:
 
         remover = threading.Thread(target=remove_when_under_way, daemon=True)
         remover.start()
-        result = project.apply(plan, progress=False, backend_factory=functools.partial(Slow, pause=0.3))
+        result = project.apply(plan, progress=False, backend_factory=functools.partial(Slow, pause=0.6))
         remover.join(timeout=60)
         assert result.made == 12 and result.failed == 0, result
         assert any("died" in line for line in result.log), result.log
