@@ -22,6 +22,9 @@ from diffspec.catalog.verdicts import verdicts
 from diffspec.plan.diff import Plan
 from diffspec.spec.loader import LoadedSpec
 
+# The per-class counts, in the order the table and the JSON show them (the table totals them).
+COUNTS = ("target", "done", "remaining", "obsolete", "accepted", "rejected", "unreviewed", "short")
+
 
 @dataclass(frozen=True)
 class ClassStatus:
@@ -41,23 +44,7 @@ class ClassStatus:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["class"] = d.pop("name")
-        return {
-            k: d[k]
-            for k in (
-                "class",
-                "target",
-                "done",
-                "remaining",
-                "obsolete",
-                "accepted",
-                "rejected",
-                "unreviewed",
-                "short",
-                "replace_rejected",
-                "quality",
-                "seconds_per_image",
-            )
-        }
+        return {k: d[k] for k in ("class", *COUNTS, "replace_rejected", "quality", "seconds_per_image")}
 
 
 @dataclass(frozen=True)
@@ -199,19 +186,7 @@ def render_status(report: StatusReport, console: Any) -> None:
 
     rows = report.classes
     table = Table(show_edge=False, header_style="bold")
-    for col in (
-        "class",
-        "target",
-        "done",
-        "remaining",
-        "obsolete",
-        "accepted",
-        "rejected",
-        "unreviewed",
-        "short",
-        "quality",
-        "s/image",
-    ):
+    for col in ("class", *COUNTS, "quality", "s/image"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for r in rows:
         table.add_row(
@@ -230,10 +205,7 @@ def render_status(report: StatusReport, console: Any) -> None:
     if len(rows) > 1:
         table.add_row(
             "[bold]total",
-            *(
-                f"[bold]{sum(getattr(r, f) for r in rows)}"
-                for f in ("target", "done", "remaining", "obsolete", "accepted", "rejected", "unreviewed", "short")
-            ),
+            *(f"[bold]{sum(getattr(r, f) for r in rows)}" for f in COUNTS),
             "",
             "",
         )
