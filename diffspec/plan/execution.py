@@ -50,6 +50,7 @@ class BudgetInputs:
     gpus_per_actor: float | None = None  # the Ray executor's GPU share per actor (None: a whole GPU)
     shared_storage: bool = False  # every Ray node mounts the output root: actors write the files
     tune_batch: bool = False  # workers measure smaller calls and keep the fastest batch size
+    driver_lane: bool = True  # the Ray executor's driver generates while a local Ray starts
 
     @classmethod
     def from_budget(cls, budget: Any) -> BudgetInputs:
@@ -65,6 +66,7 @@ class BudgetInputs:
             float(share) if share is not None else None,
             bool(getattr(budget, "shared_storage", False)),
             bool(getattr(budget, "tune_batch", False)),
+            bool(getattr(budget, "driver_lane", True)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +85,8 @@ class BudgetInputs:
             out["shared_storage"] = True
         if self.tune_batch:
             out["tune_batch"] = True
+        if not self.driver_lane:
+            out["driver_lane"] = False
         return out
 
     @classmethod
@@ -99,6 +103,7 @@ class BudgetInputs:
             float(share) if share is not None else None,
             bool(data.get("shared_storage", False)),
             bool(data.get("tune_batch", False)),
+            bool(data.get("driver_lane", True)),
         )
 
 
@@ -110,12 +115,14 @@ class RayPlan:
     actors: int  # one per entry of ``ExecutionPlan.devices``
     gpus_per_actor: float  # 0 on CPU plans
     shared_storage: bool  # actors write the image files (True) or send PNG bytes to the driver (False)
+    driver_lane: bool = False  # the driver generates while Ray and its actors start (CPU, local Ray)
 
     def describe(self) -> str:
         where = f"the Ray cluster at {self.address}" if self.address else "a local Ray started for the run"
         share = f", {self.gpus_per_actor:g} GPU each" if self.gpus_per_actor else ""
         writes = "actors write the files (shared storage)" if self.shared_storage else "the driver writes the files"
-        return f"{self.actors} Ray actor{'s' if self.actors != 1 else ''}{share} on {where}; {writes}"
+        lane = "; the driver generates until the actors do" if self.driver_lane else ""
+        return f"{self.actors} Ray actor{'s' if self.actors != 1 else ''}{share} on {where}; {writes}{lane}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +130,7 @@ class RayPlan:
             "actors": self.actors,
             "gpus_per_actor": self.gpus_per_actor,
             "shared_storage": self.shared_storage,
+            "driver_lane": self.driver_lane,
         }
 
     @classmethod
@@ -133,6 +141,7 @@ class RayPlan:
             int(data["actors"]),
             float(data["gpus_per_actor"]),
             bool(data["shared_storage"]),
+            bool(data.get("driver_lane", False)),
         )
 
 
@@ -349,7 +358,10 @@ def ray_actors(
         if per_gpu > 1:
             devices = tuple(d for d in devices for _ in range(per_gpu))
             memory, source = memory * share, source + f", {share:g} of it per actor (budget.gpus_per_actor)"
-    return devices, memory, source, RayPlan(address or None, len(devices), share, budget.shared_storage)
+    # The lane needs the driver to be a CPU worker of the cluster: true of a local Ray, unknown of
+    # one at an address (the driver may be a laptop), never of a GPU plan.
+    lane = budget.driver_lane and kind != "cuda" and not address
+    return devices, memory, source, RayPlan(address or None, len(devices), share, budget.shared_storage, lane)
 
 
 def plan_execution(

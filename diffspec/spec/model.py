@@ -414,6 +414,11 @@ class Budget(StrictModel):
         description="Ray executor: every node mounts the output root at the same path, so actors write "
         "the image files themselves (see docs/ray.md).",
     )
+    driver_lane: bool = Field(
+        True,
+        description="Ray executor, CPU plans on a local Ray: the driver generates batches while Ray and "
+        "its actors start, and stops once every actor generates (see docs/ray.md). Off: actors only.",
+    )
 
 
 class CaptionsStage(StrictModel):

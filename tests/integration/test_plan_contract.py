@@ -160,6 +160,7 @@ def test_executor_option_is_wired(tmp_path: Path) -> None:
         "actors": 2,
         "gpus_per_actor": 0.0,
         "shared_storage": False,
+        "driver_lane": True,  # a CPU plan on a local Ray: the driver generates while Ray starts
     }
     unknown = runner.invoke(app, ["apply", str(spec), "--executor", "threads", "-q"])
     assert unknown.exit_code == 1 and "unknown executor 'threads'" in unknown.output

@@ -99,10 +99,11 @@ def reference(tmp_path_factory) -> dict[str, str]:
     return check_catalog(folder / "out-local", expected=12)
 
 
-def _ray_apply(folder: Path, name: str, extra_budget: str = "", **options):
-    spec = write_spec(
-        folder, CLASSES, max_batch=4, output=f"out-{name}", name=f"{name}.yaml", extra_budget=extra_budget
-    )
+def _ray_apply(folder: Path, name: str, extra_budget: str = "", lane: bool = False, **options):
+    """Actors only unless ``lane``: with the module's Ray already up the driver's lane would
+    make the whole of this small plan before an actor is ready."""
+    budget = ", ".join(b for b in (extra_budget, "" if lane else "driver_lane: false") if b)
+    spec = write_spec(folder, CLASSES, max_batch=4, output=f"out-{name}", name=f"{name}.yaml", extra_budget=budget)
     project = Project(spec)
     plan = project.plan(executor="ray", workers=2)
     assert plan.execution.ray is not None and plan.execution.ray.actors == 2
@@ -122,6 +123,7 @@ def test_ray_actors_make_the_same_bytes_as_the_local_executor(ray_session, refer
     assert len(started) == 1 and started[0]["message"].startswith("used the Ray session already running"), started
     ready = sorted(e["worker"] for e in log if e["event"] == "worker_ready" and e["seconds"] > 0)
     assert ready == [0, 1], log
+    assert not [e for e in log if e["event"] == "driver_lane"], "driver_lane: false still ran the lane"
     assert [e["seconds"] > 0 for e in log if e["event"] == "load"] == [True, True], log
 
     shared, result = _ray_apply(tmp_path, "shared", extra_budget="shared_storage: true")
@@ -130,6 +132,21 @@ def test_ray_actors_make_the_same_bytes_as_the_local_executor(ray_session, refer
     assert check_catalog(shared.output, expected=12) == reference, "actors writing the files made other bytes"
     # a second apply of either makes nothing
     assert Project(project.spec_path).plan(executor="ray", workers=2).total_create == 0
+
+
+def test_the_driver_lane_makes_the_same_bytes_and_hands_over_to_the_actors(
+    ray_session, reference, tmp_path: Path
+) -> None:
+    """The driver generates while the actors start, from the same batches: the same bytes."""
+    project, result = _ray_apply(tmp_path, "lane", lane=True)
+    assert result.executor == "ray" and result.made == 12 and result.failed == 0, result
+    assert check_catalog(project.output, expected=12) == reference, "the driver's lane made other bytes"
+    log = json.loads([r for r in Catalog(project.output).runs() if r["phase"] == "finished"][0]["log"])
+    retired = [e for e in log if e["event"] == "driver_lane" and "batches" in e]
+    assert len(retired) == 1 and 1 <= retired[0]["batches"] <= 3, log
+    loads = [e["worker"] for e in log if e["event"] == "load"]
+    assert retired[0]["worker"] in loads, log  # the lane loaded its own pipeline in the driver
+    assert "the driver generates until the actors do" in project.plan(executor="ray").execution.ray.describe()
 
 
 def test_a_dead_actor_has_its_batches_run_again_on_a_new_actor(ray_session, reference, tmp_path: Path) -> None:
@@ -279,7 +296,7 @@ def test_a_node_lost_mid_run_is_an_actor_lost(tmp_path: Path) -> None:
         worker = cluster.add_node(num_cpus=1)
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
         cluster.wait_for_nodes()
-        spec = write_spec(tmp_path, CLASSES, max_batch=2, output="out")
+        spec = write_spec(tmp_path, CLASSES, max_batch=2, output="out", extra_budget="driver_lane: false")
         project = Project(spec)
         plan = project.plan(executor="ray", workers=2)
         output = tmp_path / "out"

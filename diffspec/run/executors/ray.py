@@ -15,6 +15,11 @@ Writes (``budget.shared_storage``, see docs/ray.md):
 * ``shared_storage: true``: every node mounts the output root at the same path; the actor writes
   the files with the same ``ImageWriter`` and returns the records; the driver appends them.
 
+CPU plans on a local Ray (no ``--ray-address``) also get a driver lane
+(:mod:`~diffspec.run.executors.lane`): the driver generates batches in a thread of its own
+while Ray, its actors and their pipelines start, and stops taking batches once every actor is
+generating. The lane's batches are the plan's batches, so the bytes do not change.
+
 Either way rows are appended by the driver only, through the run's Recorder (each fingerprint
 once), after their files are durable. An actor that dies (killed, segfault, OOM killer, its
 node lost) loses only its in-flight batches: they go back to the queue and a new actor starts
@@ -38,6 +43,7 @@ from diffspec.plan.execution import RAY_EXTRA, RayPlan
 from diffspec.plan.unit import PipelineKey, WorkUnit
 from diffspec.run.events import RunEvent, UnitFailure, event
 from diffspec.run.executors.base import Outcome, RecordFn, RunContext
+from diffspec.run.executors.lane import DriverLane, LaneResult
 from diffspec.run.executors.writing import record_outcome, write_batch
 from diffspec.run.space import is_disk_full
 
@@ -126,6 +132,7 @@ class _Actor:
     outstanding: dict[int, Any] = field(default_factory=dict)  # batch id -> ObjectRef, in submission order
     load_key: Any = None  # the pipeline it holds once its queued batches ran
     ready: bool = False  # placed on a node and built: only then does it get batches
+    delivered: bool = False  # returned a batch: loaded and generating
     gone: bool = False
     pid: int | None = None
     node: str | None = None
@@ -174,6 +181,12 @@ class RayExecutor:
         self._remote: Any = None
         self._options: dict[str, Any] = {}
         self._threads: int | None = None
+        # The driver generates while a local Ray starts (CPU plans only: on a cluster the driver's
+        # machine may be no worker at all, and a GPU plan's driver has no GPU of its own here).
+        self._wants_lane = self.plan.driver_lane and not cuda and not self.plan.address
+        self.lane: DriverLane | None = None
+        self._connected = False
+        self._aborting = False
 
     # ---- set-up -------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -233,6 +246,26 @@ class RayExecutor:
         return actor
 
     def start(self) -> None:
+        if self._wants_lane:
+            # Ray starts on the first poll, once the lane holds a batch: its seconds overlap generation.
+            from diffspec.machine import cpu_count
+
+            # The lane takes an actor's share of the cores, as an actor would.
+            threads = max(1, cpu_count() // max(1, len(self.devices)))
+            self.lane = DriverLane(self._next_wid, "cpu", threads, self.context)
+            self._next_wid += 1
+            self.lane.start()
+            note = event(
+                "driver_lane",
+                f"the driver generates (lane {self.lane.wid}) while Ray and its actors start",
+                worker=self.lane.wid,
+            )
+            self._pending.append(Outcome(-1, events=(note,)))
+            return
+        self._start_ray()
+
+    def _start_ray(self) -> None:
+        self._connected = True
         t0 = time.monotonic()
         self._connect()
         connected_in = time.monotonic() - t0
@@ -265,11 +298,13 @@ class RayExecutor:
     def _has_work(self) -> bool:
         return any(self.queues.values())
 
-    def _pick(self, actor: _Actor) -> int | None:
+    def _pick(self, actor: _Actor | DriverLane) -> int | None:
         own = self.queues.get(actor.load_key)
         if own:
             return own.popleft()
         held = {a.load_key for a in self.actors if not a.gone and a is not actor}
+        if self.lane is not None and not self.lane.retired and self.lane is not actor:
+            held.add(self.lane.load_key)
         for lk, q in self.queues.items():
             if q and lk not in held:
                 return q.popleft()
@@ -316,6 +351,7 @@ class RayExecutor:
         actor.outstanding.pop(bid, None)
         try:
             result = self.ray.get(ref)
+            actor.delivered = True
         except ex.TaskCancelledError:
             return  # dropped after a stop, never started
         except ex.RayTaskError as exc:  # the batch raised inside a live actor (the runner isolates unit errors)
@@ -365,6 +401,63 @@ class RayExecutor:
         written = writer.write_encoded(result.files)
         records = writer.records(written, result.seconds, result.batch_sizes, result.scheduler_configs, result.dtype)
         return record_outcome(Outcome(result.batch_id, tuple(records), result.failures, result.events), self.record)
+
+    # ---- the driver lane ------------------------------------------------------------------
+    def _lane_active(self) -> bool:
+        return self.lane is not None and not self.lane.retired
+
+    def _lane_step(self) -> None:
+        """Take the lane's finished batch, retire it once every actor generates, else feed it."""
+        lane = self.lane
+        if lane is None:
+            return
+        result = lane.take()
+        if result is not None:
+            self._lane_finished(lane, result)
+        if lane.retired or not lane.idle:
+            return
+        live = [a for a in self.actors if not a.gone]
+        if self._stopping or not self._has_work() or (live and all(a.delivered for a in live)):
+            self._retire_lane(lane)
+            return
+        bid = self._pick(lane)
+        if bid is not None:
+            lane.give(self.batches[bid])
+
+    def _retire_lane(self, lane: DriverLane) -> None:
+        lane.retire()
+        note = event(
+            "driver_lane",
+            f"the driver's lane ran {lane.batches_run} batch{'es' if lane.batches_run != 1 else ''}; "
+            "the actors take the rest",
+            worker=lane.wid,
+            batches=lane.batches_run,
+        )
+        self._pending.append(Outcome(-1, events=(note,)))
+
+    def _lane_finished(self, lane: DriverLane, result: LaneResult) -> None:
+        if result.error is not None:
+            exc = result.error
+            why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            events = [event("worker_error", f"the driver's lane raised: {why}", worker=lane.wid)]
+            self._retry(result.batch, f"the batch raised {type(exc).__name__}: {why}", events)
+            self._pending.append(Outcome(-1, events=tuple(events)))
+            if not lane.retired:
+                self._retire_lane(lane)  # the actors take its batches from here
+            return
+        from diffspec.run.writer import ImageWriter
+
+        assert result.output is not None
+        ctx = self.context
+        writer = ImageWriter(ctx.output, ctx.run_id, ctx.dataset, dict(ctx.labels), lane.device)
+        try:
+            self._pending.append(record_outcome(write_batch(writer, result.output, lane.wid), self.record))
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            if self._fatal is None:
+                self._fatal = exc
+            self.request_stop()
 
     def _retry(self, batch: Batch, why: str, events: list[RunEvent]) -> None:
         self.attempts[batch.id] = self.attempts.get(batch.id, 0) + 1
@@ -439,8 +532,14 @@ class RayExecutor:
     def poll(self, timeout: float) -> list[Outcome] | None:
         if self._done:
             return None
+        self._lane_step()
+        if not self._connected and not self._stopping:
+            self._start_ray()  # blocks for Ray's start-up while the lane generates
+            self._lane_step()
         for actor in self.actors:
             self._assign(actor)
+        if self.lane is not None and not self.lane.idle:
+            timeout = min(timeout, 0.02)  # the lane's result is seen within this
         starting = {a.ready_ref: a for a in self.actors if a.ready_ref is not None and not a.gone}
         refs = list(self.inflight)
         waiting = refs + (list(starting) if self._has_work() and not self._stopping else [])
@@ -453,13 +552,20 @@ class RayExecutor:
                     self._placed(starting[ref])
                 else:
                     self._collect(ref)
+            self._lane_step()
             for actor in self.actors:
                 self._assign(actor)
-        if not self.inflight:
+        elif self.lane is not None and not self.lane.idle:
+            time.sleep(timeout)
+            self._lane_step()
+        lane_busy = self.lane is not None and not self.lane.idle
+        if not self.inflight and not lane_busy:
             if self._has_work() and not self._stopping:
                 live = [a for a in self.actors if not a.gone]
                 now = time.monotonic()
-                if not live:
+                if self._lane_active():
+                    pass  # the lane takes the queue's next batch on the next poll
+                elif not live:
                     self._fail_rest(f"no Ray actor left: {self.restarts} restarts used (limit {self.max_restarts})")
                     self._done = True
                 elif not any(a.ready for a in live):
@@ -486,6 +592,8 @@ class RayExecutor:
     def close(self) -> None:
         """Free the actors (and their pipelines); stop the local Ray this run started."""
         self._stopping = True
+        if self.lane is not None:
+            self.lane.retire()
         ray = self.ray
         if ray.is_initialized():
             for actor in self.actors:
@@ -502,9 +610,13 @@ class RayExecutor:
                 ray.shutdown()
             except Exception:
                 pass
+        if self.lane is not None and not self._aborting:
+            self.lane.join(60.0)  # idle after a finished run: frees its pipeline at once
 
     def abort(self) -> None:
         """Stop now: actors are killed with their in-flight batches (never half-recorded: rows
         come from this driver only; a shared-storage actor's temp files are removed by the
-        next run, whole unrecorded files adopted by it)."""
+        next run, whole unrecorded files adopted by it). The lane's batch is dropped: the lane
+        writes nothing itself."""
+        self._aborting = True
         self.close()

@@ -10,11 +10,12 @@ from diffspec.run.runner import BatchOutput
 from diffspec.run.writer import ImageWriter
 
 
-def lower_priority() -> None:
+def lower_priority(niceness: int = 10) -> None:
     """Linux: lower this thread's scheduling priority (nice +10), so writing never takes a core
-    from torch's threads; the writer mostly waits on the disk anyway."""
+    from torch's threads; the writer mostly waits on the disk anyway. Threads it starts after
+    this (torch's OpenMP pool, on its first parallel region) inherit the value."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
     except (AttributeError, OSError):
         pass
 
