@@ -64,6 +64,7 @@ class Measured:
     actors_ready: float  # seconds until the last actor answered (`worker_ready`)
     load: float  # the slowest pipeline load of an actor (`load`)
     lane_batches: float  # batches the driver's lane ran while the actors started (`driver_lane`)
+    per_image: float  # median generation seconds per image (the rows' `seconds`): the steady state
 
 
 def write_spec(
@@ -118,7 +119,9 @@ def run(spec: Path, executor: str) -> tuple[Measured, dict[str, str]]:
         )
 
     timing = next(e for e in log if e["event"] == "timing")
-    rows = {r["fingerprint"]: r["sha256"] for r in catalog.live_images(["fingerprint", "sha256"]).to_pylist()}
+    live = catalog.live_images(["fingerprint", "sha256", "seconds"]).to_pylist()
+    rows = {r["fingerprint"]: r["sha256"] for r in live}
+    per_image = median([float(r["seconds"]) for r in live if r["seconds"] is not None])
     measured = Measured(
         seconds,
         float(timing["first"]),
@@ -126,6 +129,7 @@ def run(spec: Path, executor: str) -> tuple[Measured, dict[str, str]]:
         slowest("worker_ready"),
         slowest("load"),
         float(lanes[0]["batches"]) if lanes else 0.0,
+        per_image,
     )
     return measured, rows
 
@@ -238,7 +242,10 @@ def main() -> None:
             f"medians of {args.rounds} interleaved rounds; all ways made identical rows ({len(rows['p'])})"
         )
         for way in ways:
-            print(f"{LABELS[way]} {med(way, 'seconds'):8.2f}s  first image {med(way, 'first'):.2f}s")
+            print(
+                f"{LABELS[way]} {med(way, 'seconds'):8.2f}s  first image {med(way, 'first'):.2f}s  "
+                f"generating {med(way, 'per_image'):.3f}s per image"
+            )
         ratios = "   ".join(f"{w}/p = {med(w, 'seconds') / p:.3f}" for w in ways if w != "p")
         verdict = (
             ""
