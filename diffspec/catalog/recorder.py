@@ -20,7 +20,7 @@ from pathlib import Path
 
 from diffspec.atomic import atomic_write
 from diffspec.catalog.records import ImageRecord
-from diffspec.catalog.store import Catalog, first_positions
+from diffspec.catalog.store import Catalog, first_positions, write_part_file
 
 
 class Recorder:
@@ -77,7 +77,6 @@ def merge_run_parts(catalog: Catalog, run_id: str) -> int:
     parts were merged. Kill-safe: the merged part is durable before the old ones go, and a
     merge interrupted half-way is finished by the next one (readers dedup in between)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     parts = [p for p in catalog.parts("images") if p.name.startswith(f"part-{run_id}-")]
     if len(parts) < 2:
@@ -88,7 +87,7 @@ def merge_run_parts(catalog: Catalog, run_id: str) -> int:
         keep = first_positions(fps)
         table = table.take(pa.array(keep, pa.int64()))
     target = parts[0].parent / f"part-{run_id}-{secrets.token_hex(2)}-all.parquet"
-    atomic_write(target, lambda fh: pq.write_table(table, fh, compression="zstd"))
+    atomic_write(target, lambda fh: write_part_file(table, fh))  # checksummed like every part
     for part in parts:
         part.unlink(missing_ok=True)
     return len(parts)
