@@ -10,14 +10,18 @@ Three ways, each on a fresh output with a tiny random-weight SD pipeline (``buil
 (r) ``apply --executor ray`` with 2 CPU actors, the executor starting a local Ray for the run and
     stopping it after (what ``diffspec apply --executor ray`` costs on one machine);
 (w) the same on a Ray session already running (a cluster that is up; the Python API with the
-    caller's ``ray.init``).
+    caller's ``ray.init``);
+(n) with ``--ways prwn``: as (r) with ``budget.driver_lane: false`` (actors only), to show what
+    the driver's lane buys.
 
 Each figure is the median of ``--rounds`` interleaved rounds (p, r, w; then r, w, p; ...), so a
 neighbour's load on a shared machine falls on every way alike. Prints each time, r/p and w/p
 (target <= 1.25 on a 2-core machine where Ray's own processes compete for the cores), the time
 to the first recorded image of each (from the run's ``timing`` event), where a Ray run's time
 goes before that image (the ``ray_start``, ``worker_ready`` and ``load`` events of its log), and
-checks that all three made the same rows (fingerprints and sha256). Ray runs with
+checks that all ways made the same rows (fingerprints and sha256). Last, it measures the fixed
+CPU a local Ray run pays beyond (p), Ray's processes and one more worker's imports, and the
+floor that puts under r/p on this machine. Ray runs with
 authentication and its dashboard off and its temporary folder in a short folder of this run's
 own.
 """
