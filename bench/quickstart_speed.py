@@ -9,7 +9,10 @@ bare model call in the same run.
 (b) the bare model: `DigitsPipeline.from_pretrained(...)` and one call per batch of the same
     size, same prompts, steps, guidance and one generator per image; no I/O.
 Prints images/s of both and the ratio a / b (target <= 1.03): medians of --repeats (5)
-interleaved rounds, the order alternating so neither side always runs first.
+interleaved rounds, the order alternating so neither side always runs first. Every run is a
+fresh process, as a user's `diffspec apply` or script is: neither side inherits the other's
+threads, allocator state or imports (torch and diffusers are imported before the clock starts
+in both).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -100,9 +104,29 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--one", choices=("apply", "bare"), help=argparse.SUPPRESS)
+    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    import diffusers  # noqa: F401
-    import torch  # noqa: F401  (imported before timing, for both sides)
+    if args.one:  # a child: one timed run, printed as "seconds made"
+        import torch  # noqa: F401  (imported before timing, for both sides)
+
+        import diffspec.generate.builtin.digits  # noqa: F401  (diffusers' model modules: 3 s of imports)
+
+        t, n = run_apply(args.spec) if args.one == "apply" else run_bare(args.spec, args.batch)
+        print(f"{t} {n}")
+        return 0
+
+    def child(side: str, spec: Path) -> tuple[float, int]:
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", side, "--spec", str(spec), "--batch", str(args.batch)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise SystemExit(f"{side} failed:\n{out.stderr[-3000:]}")
+        seconds, made = out.stdout.split()[-2:]
+        return float(seconds), int(made)
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = write_spec(Path(tmp), args.images, args.batch)
@@ -110,12 +134,12 @@ def main() -> int:
         made = made_bare = 0
         for r in range(args.repeats):
             if r % 2:
-                t_bare, made_bare = run_bare(spec, args.batch)
+                t_bare, made_bare = child("bare", spec)
                 bare_times.append(t_bare)
-            t, made = run_apply(spec)
+            t, made = child("apply", spec)
             apply_times.append(t)
             if not r % 2:
-                t_bare, made_bare = run_bare(spec, args.batch)
+                t_bare, made_bare = child("bare", spec)
                 bare_times.append(t_bare)
             print(f"  round {r + 1}: apply {apply_times[-1]:.2f}s  bare {bare_times[-1]:.2f}s", flush=True)
         assert made == made_bare == args.images // 10 * 10, (made, made_bare)
