@@ -21,7 +21,6 @@ from diffspec.run.executors.base import RunContext
 from diffspec.run.executors.writing import lower_priority
 from diffspec.run.runner import BatchOutput, BatchRunner
 
-
 #: Ray's own default for its workers: the lane is one more worker, sharing the cores fairly
 #: with the actors' start-up (a lane at niceness 0 starved their imports; at 19 it ran nothing).
 LANE_NICENESS = 15
