@@ -138,6 +138,19 @@ def run(spec: Path, executor: str) -> tuple[Measured, dict[str, str]]:
     return measured, rows
 
 
+def init_ray(short: str, name: str) -> None:
+    """A local Ray of this bench's own: every core, no dashboard, its files under ``short/name``."""
+    import ray
+
+    ray.init(
+        num_cpus=os.cpu_count() or 2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _temp_dir=os.path.join(short, name),
+    )
+
+
 def fixed_cpu(short: str, model: Path) -> tuple[float, float]:
     """CPU seconds a Ray run spends that the processes executor does not: Ray's own processes
     (started, then idle for 3 s) and one more worker process importing torch and diffusers and
@@ -147,13 +160,7 @@ def fixed_cpu(short: str, model: Path) -> tuple[float, float]:
     import psutil
     import ray
 
-    ray.init(
-        num_cpus=os.cpu_count() or 2,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        _temp_dir=os.path.join(short, "f"),
-    )
+    init_ray(short, "f")
     try:
         time.sleep(3)
         me = psutil.Process()
@@ -212,13 +219,7 @@ def main() -> None:
 
         def measure(way: str) -> None:
             if way == "w":
-                ray.init(
-                    num_cpus=os.cpu_count() or 2,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    configure_logging=False,
-                    _temp_dir=os.path.join(short, "w"),
-                )
+                init_ray(short, "w")
                 try:
                     m, made = run(specs[way], "ray")
                 finally:

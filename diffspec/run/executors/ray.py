@@ -181,9 +181,8 @@ class RayExecutor:
         self._remote: Any = None
         self._options: dict[str, Any] = {}
         self._threads: int | None = None
-        # The driver generates while a local Ray starts (CPU plans only: on a cluster the driver's
-        # machine may be no worker at all, and a GPU plan's driver has no GPU of its own here).
-        self._wants_lane = self.plan.driver_lane and not cuda and not self.plan.address
+        # The plan decided it (CPU plan, local Ray, budget.driver_lane); the lane only runs on "cpu".
+        self._wants_lane = self.plan.driver_lane and not cuda
         self.lane: DriverLane | None = None
         self._connected = False
         self._aborting = False
@@ -303,7 +302,7 @@ class RayExecutor:
         if own:
             return own.popleft()
         held = {a.load_key for a in self.actors if not a.gone and a is not actor}
-        if self.lane is not None and not self.lane.retired and self.lane is not actor:
+        if self.lane is not None and self._lane_active() and self.lane is not actor:
             held.add(self.lane.load_key)
         for lk, q in self.queues.items():
             if q and lk not in held:
@@ -382,8 +381,13 @@ class RayExecutor:
         ) as exc:
             self._lost(actor, bid, exc)
             return
+        self._record(lambda: self._finish(result))
+
+    def _record(self, finish: Any) -> None:
+        """Write and record one finished batch; a full disk stops the run (keeping what is
+        recorded) instead of failing batch after batch on the same disk."""
         try:
-            self._pending.append(self._finish(result))
+            self._pending.append(finish())
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
@@ -391,13 +395,16 @@ class RayExecutor:
                 self._fatal = exc
             self.request_stop()
 
-    def _finish(self, result: Outcome | Encoded) -> Outcome:
-        if isinstance(result, Outcome):  # shared storage: the actor wrote the files
-            return record_outcome(result, self.record)
+    def _writer(self, device: str) -> Any:
         from diffspec.run.writer import ImageWriter
 
         ctx = self.context
-        writer = ImageWriter(ctx.output, ctx.run_id, ctx.dataset, dict(ctx.labels), result.device)
+        return ImageWriter(ctx.output, ctx.run_id, ctx.dataset, dict(ctx.labels), device)
+
+    def _finish(self, result: Outcome | Encoded) -> Outcome:
+        if isinstance(result, Outcome):  # shared storage: the actor wrote the files
+            return record_outcome(result, self.record)
+        writer = self._writer(result.device)
         written = writer.write_encoded(result.files)
         records = writer.records(written, result.seconds, result.batch_sizes, result.scheduler_configs, result.dtype)
         return record_outcome(Outcome(result.batch_id, tuple(records), result.failures, result.events), self.record)
@@ -445,19 +452,9 @@ class RayExecutor:
             if not lane.retired:
                 self._retire_lane(lane)  # the actors take its batches from here
             return
-        from diffspec.run.writer import ImageWriter
-
-        assert result.output is not None
-        ctx = self.context
-        writer = ImageWriter(ctx.output, ctx.run_id, ctx.dataset, dict(ctx.labels), lane.device)
-        try:
-            self._pending.append(record_outcome(write_batch(writer, result.output, lane.wid), self.record))
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-            if self._fatal is None:
-                self._fatal = exc
-            self.request_stop()
+        output = result.output
+        assert output is not None
+        self._record(lambda: record_outcome(write_batch(self._writer(lane.device), output, lane.wid), self.record))
 
     def _retry(self, batch: Batch, why: str, events: list[RunEvent]) -> None:
         self.attempts[batch.id] = self.attempts.get(batch.id, 0) + 1
