@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from diffspec.atomic import atomic_write
+from diffspec.catalog.columns import column
 from diffspec.catalog.records import ImageRecord
 from diffspec.catalog.store import Catalog, first_positions, write_part_file
 
@@ -85,7 +86,7 @@ def merge_run_parts(catalog: Catalog, run_id: str) -> int:
     fps = table.column("fingerprint").to_pylist()
     if len(set(fps)) != len(fps):
         keep = first_positions(fps)
-        table = table.take(pa.array(keep, pa.int64()))
+        table = table.take(column(keep, pa.int64()))
     target = parts[0].parent / f"part-{run_id}-{secrets.token_hex(2)}-all.parquet"
     atomic_write(target, lambda fh: write_part_file(table, fh))  # checksummed like every part
     for part in parts:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from diffspec.catalog.columns import table as columns_table
 from diffspec.catalog.schema import IMAGES, RUNS
 
 
@@ -85,9 +86,7 @@ _RUN_FIELDS = tuple(f.name for f in fields(RunRecord))
 
 def _table(records: Sequence[Any], names: tuple[str, ...], schema: pa.Schema) -> pa.Table:
     columns: dict[str, list[Any]] = {name: [getattr(r, name) for r in records] for name in names}
-    if "classes" in columns:
-        columns["classes"] = [list(c) for c in columns["classes"]]
-    return pa.Table.from_pydict({name: columns[name] for name in schema.names}, schema=schema)
+    return columns_table({name: columns[name] for name in schema.names}, schema)
 
 
 def images_table(records: Sequence[ImageRecord]) -> pa.Table:

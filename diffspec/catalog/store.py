@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from diffspec.atomic import atomic_write, remove_leftovers
+from diffspec.catalog.columns import column, table_from_rows
 from diffspec.catalog.records import ImageRecord, RunRecord, images_table, runs_table
 from diffspec.catalog.schema import IMAGES, REMOVED, RUNS
 from diffspec.errors import CatalogDamaged, CatalogError
@@ -61,7 +62,7 @@ class CatalogIndex:
         if self.catalog is None or not fingerprints:
             return {}
         table = self.catalog.read_table("images", ["fingerprint", "path"])
-        table = table.filter(pc.is_in(table.column("fingerprint"), value_set=pa.array(fingerprints, pa.string())))
+        table = table.filter(pc.is_in(table.column("fingerprint"), value_set=column(fingerprints, pa.string())))
         return dict(zip(table.column("fingerprint").to_pylist(), table.column("path").to_pylist()))
 
 
@@ -142,9 +143,9 @@ class Catalog:
         if not rows:
             return
         now = utcnow()
-        table = pa.Table.from_pylist(
+        table = table_from_rows(
             [{"fingerprint": fp, "path": path, "run_id": run_id, "removed_at": now} for fp, path in rows],
-            schema=REMOVED,
+            REMOVED,
         )
         self._write_part(self.table_dir("removed"), table, run_id)
 
@@ -248,20 +249,22 @@ class Catalog:
         back) is live again; without this it would be re-made by every apply."""
         import pyarrow.compute as pc
 
+        # Times compared as int64 microseconds: a tz-aware timestamp's ``as_py`` imports pandas.
         last: dict[str, Any] = {}
-        for fp, at in zip(removed.column("fingerprint").to_pylist(), removed.column("removed_at").to_pylist()):
+        removed_at = removed.column("removed_at").cast(pa.int64()).to_pylist()
+        for fp, at in zip(removed.column("fingerprint").to_pylist(), removed_at):
             if fp not in last or (at is not None and (last[fp] is None or at > last[fp])):
                 last[fp] = at
-        hit = pc.is_in(table.column("fingerprint"), value_set=pa.array(list(last), pa.string()))
+        hit = pc.is_in(table.column("fingerprint"), value_set=column(list(last), pa.string()))
         rows = pc.indices_nonzero(hit).to_pylist()
         if not rows:
             return table
-        fps = table.column("fingerprint").take(pa.array(rows, pa.int64())).to_pylist()
-        created = table.column("created_at").take(pa.array(rows, pa.int64())).to_pylist()
+        fps = table.column("fingerprint").take(column(rows, pa.int64())).to_pylist()
+        created = table.column("created_at").take(column(rows, pa.int64())).cast(pa.int64()).to_pylist()
         dead = {i for i, fp, at in zip(rows, fps, created) if at is None or last[fp] is None or at <= last[fp]}
         if not dead:
             return table
-        return table.take(pa.array([i for i in range(table.num_rows) if i not in dead], pa.int64()))
+        return table.take(column([i for i in range(table.num_rows) if i not in dead], pa.int64()))
 
     def index(self) -> CatalogIndex:
         """Live images (first row per fingerprint, tombstones dropped), as Arrow columns."""
@@ -277,7 +280,7 @@ class Catalog:
         if len(fp_set) != len(fp_list):
             # A crash between a compaction's write and its clean-up leaves a row twice: keep the first.
             keep = first_positions(fp_list)
-            table = table.take(pa.array(keep, pa.int64()))
+            table = table.take(column(keep, pa.int64()))
             fp_list = [fp_list[i] for i in keep]
         return CatalogIndex(fp_list, table.column("class_name"), state, self, fp_set)
 
@@ -305,7 +308,7 @@ class Catalog:
             if fp not in seen:
                 seen.add(fp)
                 keep.append(i)
-        return table if len(keep) == table.num_rows else table.take(pa.array(keep, type=pa.int64()))
+        return table if len(keep) == table.num_rows else table.take(column(keep, pa.int64()))
 
     def runs(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.read_table("runs").to_pylist()

@@ -19,6 +19,7 @@ from typing import Literal
 
 import pyarrow as pa
 
+from diffspec.catalog.columns import column
 from diffspec.catalog.store import Catalog
 
 FILTERS_TABLE = "filters"
@@ -85,7 +86,7 @@ def _columns(catalog: Catalog, table: str, names: tuple[str, ...]) -> list[list[
         import pyarrow.compute as pc
 
         order = pc.sort_indices(
-            pa.table({"t": data.column("created_at"), "i": pa.array(range(data.num_rows), pa.int64())}),
+            pa.table({"t": data.column("created_at"), "i": column(range(data.num_rows), pa.int64())}),
             sort_keys=[("t", "ascending"), ("i", "ascending")],
             null_placement="at_start",
         )

@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from diffspec.catalog.columns import table_from_rows
 from diffspec.catalog.store import Catalog
 from diffspec.export.common import (
     COLUMNS,
@@ -68,7 +69,7 @@ def _record(row: ExportRow, label: int) -> dict[str, Any]:
 
 def parquet_bytes(records: list[dict[str, Any]], schema: pa.Schema) -> bytes:
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(records, schema=schema), buf)
+    pq.write_table(table_from_rows(records, schema), buf)
     return buf.getvalue()
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from diffspec import machine as machine_probe
+from diffspec.catalog.columns import column
 from diffspec.catalog.store import Catalog, CatalogIndex
 from diffspec.catalog.verdicts import rejected_fingerprints
 from diffspec.plan.compile import ClassUnits, compile_spec
@@ -197,7 +198,7 @@ def _build_plan(
     index = (
         catalog.index()
         if catalog.exists()
-        else CatalogIndex([], pa.array([], pa.string()), catalog.state(), None, frozenset())
+        else CatalogIndex([], column([], pa.string()), catalog.state(), None, frozenset())
     )
 
     names = list(compiled)
@@ -239,7 +240,7 @@ def _build_plan(
     else:
         missing_all = np.ones(len(planned), dtype=bool)
     gone = [index.fingerprints[i] for i in gone_rows]
-    gone_classes = index.class_names.take(pa.array(gone_rows, pa.int64())).to_pylist() if gone_rows else []
+    gone_classes = index.class_names.take(column(gone_rows, pa.int64())).to_pylist() if gone_rows else []
     removal_counts = Counter(gone_classes)
 
     if execution is None:

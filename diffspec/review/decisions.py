@@ -28,8 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import pyarrow as pa
-
+from diffspec.catalog.columns import table_from_rows
 from diffspec.catalog.store import Catalog, new_run_id, utcnow
 from diffspec.catalog.verdicts import REVIEW_SCHEMA, REVIEW_TABLE, Decision, decision_histories
 from diffspec.errors import DiffspecError, ReviewError
@@ -155,7 +154,7 @@ class DecisionLog:
                 request.done.set_result(None)
 
     def _write(self, rows: list[DecisionRow]) -> None:
-        table = pa.Table.from_pylist(
+        table = table_from_rows(
             [
                 {
                     "fingerprint": r.fingerprint,
@@ -166,7 +165,7 @@ class DecisionLog:
                 }
                 for r in rows
             ],
-            schema=REVIEW_SCHEMA,
+            REVIEW_SCHEMA,
         )
         for attempt in range(_WRITE_ATTEMPTS):
             try:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from diffspec.catalog.columns import table_from_rows
 from diffspec.catalog.store import Catalog, utcnow
 from diffspec.errors import StageError
 from diffspec.plan.caption_identity import CaptionRequest, text_fingerprint
@@ -100,7 +101,7 @@ def run_captions(stage: CaptionsPlan, context: StageContext, generator: Any = No
                     "created_at": now,
                 }
             )
-        catalog.append_stage(CAPTIONS_STAGE, pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA), context.run_id)
+        catalog.append_stage(CAPTIONS_STAGE, table_from_rows(rows, CAPTIONS_SCHEMA), context.run_id)
         made += len(batch)
     try:
         catalog.compact(CAPTIONS_STAGE, context.run_id)

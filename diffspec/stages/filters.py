@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from diffspec.catalog.columns import column, table_from_rows
 from diffspec.catalog.store import Catalog, utcnow
 from diffspec.catalog.verdicts import FILTERS_SCHEMA, FILTERS_TABLE, latest_filter_verdicts
 from diffspec.errors import StageError
@@ -91,10 +92,10 @@ def _classifier(refs: Sequence[ImageRef], config: FilterConfig, _models: dict[st
         passed,
         list(scores),
         {
-            "expected": pa.array(expected, pa.int32()),
-            "predicted": pa.array(predicted, pa.int32()),
-            "score": pa.array(scores, pa.float64()),
-            "recognised": pa.array(recognised, pa.bool_()),
+            "expected": column(expected, pa.int32()),
+            "predicted": column(predicted, pa.int32()),
+            "score": column(scores, pa.float64()),
+            "recognised": column(recognised, pa.bool_()),
         },
     )
 
@@ -108,7 +109,7 @@ def _sharpness(refs: Sequence[ImageRef], config: FilterConfig, _models: dict[str
         g = np.asarray(im.convert("L"), dtype=np.float64)
         lap = -4 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
         values.append(float(lap.var()) if lap.size else 0.0)
-    return Measured([_within(v, config) for v in values], list(values), {"sharpness": pa.array(values, pa.float64())})
+    return Measured([_within(v, config) for v in values], list(values), {"sharpness": column(values, pa.float64())})
 
 
 def _blank(refs: Sequence[ImageRef], config: FilterConfig, _models: dict[str, Any]) -> Measured:
@@ -125,7 +126,7 @@ def _blank(refs: Sequence[ImageRef], config: FilterConfig, _models: dict[str, An
     return Measured(
         passed,
         list(stds),
-        {"gray_std": pa.array(stds, pa.float64()), "dominant_share": pa.array(shares, pa.float64())},
+        {"gray_std": column(stds, pa.float64()), "dominant_share": column(shares, pa.float64())},
     )
 
 
@@ -135,7 +136,7 @@ def _clip(refs: Sequence[ImageRef], config: FilterConfig, models: dict[str, Any]
     return Measured(
         [_within(s, config) for s in scores],
         list(scores),
-        {"clip_score": pa.array(scores, pa.float64()), "model": pa.array([scorer.source] * len(refs), pa.string())},
+        {"clip_score": column(scores, pa.float64()), "model": column([scorer.source] * len(refs), pa.string())},
     )
 
 
@@ -236,15 +237,15 @@ class _Run:
                 "filter_fingerprint": [r.unit.fingerprint for r in refs],
                 "class_name": [r.class_name for r in refs],
                 **measured.columns,
-                "passed": pa.array(measured.passed, pa.bool_()),
+                "passed": column(measured.passed, pa.bool_()),
                 "run_id": [run_id] * n,
-                "created_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+                "created_at": column([now] * n, pa.timestamp("us", tz="UTC")),
             }
         )
         # Values first, then verdicts: the verdict makes the unit done, so a run killed between
         # the two measures the batch again (its values twice; readers take the latest).
         self.catalog.append_stage(config.kind, values, run_id)
-        verdicts = pa.Table.from_pylist(
+        verdicts = table_from_rows(
             [
                 {
                     "fingerprint": r.unit.image_fingerprint,
@@ -258,7 +259,7 @@ class _Run:
                 }
                 for r, ok, v in zip(refs, measured.passed, measured.values)
             ],
-            schema=FILTERS_SCHEMA,
+            FILTERS_SCHEMA,
         )
         self.catalog.append_stage(FILTERS_TABLE, verdicts, run_id)
         self.made += n
@@ -356,12 +357,12 @@ class _Run:
                     [g.kept for g in got],
                     [float(g.nearest) if g.nearest is not None else None for g in got],
                     {
-                        "hash_kind": pa.array([kind] * len(got), pa.string()),
-                        "hash": pa.array([_signed(g.hash) for g in got], pa.int64()),
+                        "hash_kind": column([kind] * len(got), pa.string()),
+                        "hash": column([_signed(g.hash) for g in got], pa.int64()),
                         # float64, as 0.1 wrote it: a catalog holds both and they must concatenate
-                        "nearest_hamming": pa.array([g.nearest for g in got], pa.float64()),
-                        "nearest_to": pa.array([g.nearest_to for g in got], pa.string()),
-                        "kept": pa.array([g.kept for g in got], pa.bool_()),
+                        "nearest_hamming": column([g.nearest for g in got], pa.float64()),
+                        "nearest_to": column([g.nearest_to for g in got], pa.string()),
+                        "kept": column([g.kept for g in got], pa.bool_()),
                     },
                 )
 

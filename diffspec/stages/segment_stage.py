@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from diffspec.catalog.columns import column, table_from_rows
 from diffspec.catalog.store import Catalog, first_positions, utcnow
 from diffspec.errors import StageError
 from diffspec.plan.stages import SEGMENT_STAGE, SegmentPlan, SegmentUnit, done_segments
@@ -170,7 +171,7 @@ def run_segment(stage: SegmentPlan, context: StageContext, segmenter: Any = None
             for unit, result in zip(batch, results)
             for row in _rows(unit, result, stage, context.device, context.run_id)
         ]
-        catalog.append_stage(SEGMENT_STAGE, pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA), context.run_id)
+        catalog.append_stage(SEGMENT_STAGE, table_from_rows(rows, SEGMENT_SCHEMA), context.run_id)
         made += len(batch)
     compact_stage(catalog, context.run_id, SEGMENT_STAGE)
     return StageOutcome(
@@ -193,4 +194,4 @@ def live_segment_rows(catalog: Catalog, columns: Sequence[str] | None = None) ->
         )
     ]
     keep = first_positions(keys)
-    return table if len(keep) == table.num_rows else table.take(pa.array(keep, pa.int64()))
+    return table if len(keep) == table.num_rows else table.take(column(keep, pa.int64()))

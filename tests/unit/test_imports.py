@@ -99,8 +99,8 @@ def test_spec_and_plan_do_not_import_generate() -> None:
 
 def test_reading_the_catalog_imports_neither_pandas_nor_pyarrow_dataset(tmp_path: Path) -> None:
     """Each costs 0.3-0.4 s at import, in every fresh `plan` and `status`: the catalog is read
-    with Parquet's file reader, and an empty table is built without pandas. (Writing rows
-    does import pandas: pyarrow's `pa.array` checks for it whenever it is installed.)"""
+    with Parquet's file reader, and an empty table is built without pandas. (Writing rows goes
+    without it too: tests/unit/test_catalog_columns.py.)"""
     from datetime import datetime, timezone
 
     from diffspec.catalog.records import ImageRecord
