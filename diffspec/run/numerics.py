@@ -7,11 +7,13 @@ The two kernels round differently (~1e-6), and after 8-bit quantisation a few pi
 images differ by one level: one worker with two threads and two workers with one thread each
 would make different bytes for the same unit.
 
-While diffspec generates on a CPU it routes every float32 inference ``conv2d`` to oneDNN
-(``torch.mkldnn_convolution``), whose results do not depend on the thread count (measured:
-identical bytes with 1 and 2 threads; see docs/determinism.md). Nothing changes on a GPU, with
-autograd on, or when oneDNN is unavailable or switched off. ``DIFFSPEC_CPU_CONV=native`` turns
-the routing off.
+While diffspec generates on a CPU every float32 inference ``conv2d`` runs on oneDNN, whose
+results do not depend on the thread count (measured: identical bytes with 1 and 2 threads; see
+docs/determinism.md): the calls ATen sends to oneDNN whatever the thread count go through
+untouched, and the others (a 1x1 kernel on fewer than 16 images, a single image) are routed to
+``torch.mkldnn_convolution`` with their tensors as they are, so a routed call makes exactly
+what ATen's own call makes with two threads. Nothing changes on a GPU, with autograd on, or
+when oneDNN is unavailable or switched off. ``DIFFSPEC_CPU_CONV=native`` turns the routing off.
 """
 
 from __future__ import annotations
@@ -42,10 +44,13 @@ def _make_conv2d(original: Any) -> Any:
     def conv2d(
         input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1
     ) -> Any:
-        # From 16 images on, ATen picks oneDNN for float32 whatever the thread count (checked
-        # bitwise for 1x1, 3x3 and strided kernels): the common large-batch call goes straight
-        # through, which keeps this wrapper's cost off big batches (it was ~3% of the quickstart).
-        if input.dim() == 4 and input.shape[0] >= 16:
+        # ATen's choice depends on the thread count only for a 1x1 kernel on fewer than 16
+        # images, and its native kernel serves only single images (Convolution.cpp,
+        # ``use_mkldnn``): any other call, which ATen sends to oneDNN whatever the threads,
+        # goes straight through. This test is the whole cost of the wrapper on most calls
+        # (a full one was ~8% of a batch-8 step of a tiny UNet).
+        shape = input.shape
+        if len(shape) == 4 and shape[0] > 1 and (shape[0] >= 16 or weight.shape[-1] != 1 or weight.shape[-2] != 1):
             return original(input, weight, bias, stride, padding, dilation, groups)
         if (
             not torch.is_grad_enabled()
@@ -57,9 +62,12 @@ def _make_conv2d(original: Any) -> Any:
             and torch.backends.mkldnn.enabled
             and (bias is None or bias.dtype == torch.float32)
         ):
+            # As they are: oneDNN picks the memory format from the inputs' strides as ATen's own
+            # call does (a channels-last input stays channels-last), so a routed call makes the
+            # bytes ATen makes with 2 threads; forcing NCHW copied the input and cost ~40%.
             return torch.mkldnn_convolution(
-                input.contiguous(),
-                weight.contiguous(),
+                input,
+                weight,
                 bias,
                 list(_pair(padding)),
                 list(_pair(stride)),
