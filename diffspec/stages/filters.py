@@ -82,9 +82,9 @@ def _classifier(refs: Sequence[ImageRef], config: FilterConfig, _models: dict[st
     expected = [parse_prompt(ref.prompt).digit for ref in refs]
     model = classifier()
     probs = model.predict_proba(to_digit_features(_load([r.path for r in refs])))
-    column = {int(c): i for i, c in enumerate(model.classes_)}
+    class_index = {int(c): i for i, c in enumerate(model.classes_)}
     predicted = [int(model.classes_[p.argmax()]) for p in probs]
-    scores = [float(p[column[e]]) if e is not None else 0.0 for p, e in zip(probs, expected)]
+    scores = [float(p[class_index[e]]) if e is not None else 0.0 for p, e in zip(probs, expected)]
     minimum = config.param("min_confidence")
     recognised = [e is not None and pr == e for e, pr in zip(expected, predicted)]
     passed = [ok and s >= minimum for ok, s in zip(recognised, scores)]
