@@ -16,6 +16,10 @@ if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2
   python -m pip install --quiet "torch==2.13.0"
 fi
 python -m pip install --quiet -e ".[gen,ray,dev]"
+# An editable install leaves our modules uncompiled (pip compiles only what it copies), and
+# with PYTHONDONTWRITEBYTECODE set, as on this machine kind, Python never caches them: every
+# `diffspec` command would compile them again (0.08 s of each fresh apply). Compile them once.
+python -m compileall -q diffspec >/dev/null
 # The review page's browser test drives Debian's chromium through playwright (whose own browser
 # download cannot work offline); install it only when missing, so a re-run stays quick.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
