@@ -85,11 +85,12 @@ def _columns(catalog: Catalog, table: str, names: tuple[str, ...]) -> list[list[
     if "created_at" in data.column_names and data.num_rows > 1:
         import pyarrow.compute as pc
 
-        order = pc.sort_indices(
-            pa.table({"t": data.column("created_at"), "i": column(range(data.num_rows), pa.int64())}),
-            sort_keys=[("t", "ascending"), ("i", "ascending")],
-            null_placement="at_start",
-        )
+        rows = pa.table({"t": data.column("created_at"), "i": column(range(data.num_rows), pa.int64())})
+        keys = [("t", "ascending"), ("i", "ascending")]
+        if int(pa.__version__.split(".")[0]) >= 25:  # null placement per key; the global option warns there
+            order = pc.sort_indices(rows, sort_keys=[(*key, "at_start") for key in keys])
+        else:
+            order = pc.sort_indices(rows, sort_keys=keys, null_placement="at_start")
         data = data.take(order)
     return [data.column(n).to_pylist() for n in names]
 
