@@ -132,8 +132,22 @@ def way_b(model: Path, units: list, steps: int, size: int, folder: Path) -> floa
 ENCODE_SECONDS: list[float] = []
 
 
-def way_c(model: Path, units: list, steps: int, size: int, batch: int, guidance: float = 7.5) -> tuple[float, float]:
+def loop_call(pipe: Any, chunk: list, steps: int, size: int, guidance: float) -> Any:
+    """One call of the hand-written batched loop: the batch's prompts, negatives and seeds."""
     import torch
+
+    return pipe(
+        [u.prompt for u in chunk],
+        negative_prompt=[u.negative for u in chunk],
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=size,
+        width=size,
+        generator=[torch.Generator().manual_seed(u.seed) for u in chunk],
+    ).images
+
+
+def way_c(model: Path, units: list, steps: int, size: int, batch: int, guidance: float = 7.5) -> tuple[float, float]:
 
     t0, p0 = time.perf_counter(), time.process_time()
     pipe = load_pipe(model)
@@ -151,15 +165,7 @@ def way_c(model: Path, units: list, steps: int, size: int, batch: int, guidance:
     t1 = time.perf_counter()
     for i in range(0, len(units), batch):
         chunk = units[i : i + batch]
-        pipe(
-            [u.prompt for u in chunk],
-            negative_prompt=[u.negative for u in chunk],
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            height=size,
-            width=size,
-            generator=[torch.Generator().manual_seed(u.seed) for u in chunk],
-        ).images
+        loop_call(pipe, chunk, steps, size, guidance)
     end = time.perf_counter()
     CPU["c"].append(time.process_time() - p0)
     ENCODE_SECONDS.append(spent[0])
@@ -421,7 +427,6 @@ def backend_against_loop(model: Path, units: list, steps: int, size: int, batch:
     routing, as the runner calls it: each distinct text encoded once) over the same batch
     through the plain pipeline, the two timed in turn on every batch (3 passes) so the
     machine's drift cancels: the saving of the generation itself, without apply's I/O."""
-    import torch
 
     from diffspec.generate.backend import Backend
     from diffspec.run.numerics import thread_invariant_convolutions
@@ -437,15 +442,7 @@ def backend_against_loop(model: Path, units: list, steps: int, size: int, batch:
                 backend.generate(chunk)
             ours = time.perf_counter() - start
             start = time.perf_counter()
-            pipe(
-                [u.prompt for u in chunk],
-                negative_prompt=[u.negative for u in chunk],
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                height=size,
-                width=size,
-                generator=[torch.Generator().manual_seed(u.seed) for u in chunk],
-            )
+            loop_call(pipe, chunk, steps, size, guidance)
             ratios.append(ours / (time.perf_counter() - start))
     backend.close()
     return median(ratios)

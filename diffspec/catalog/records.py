@@ -85,8 +85,7 @@ _RUN_FIELDS = tuple(f.name for f in fields(RunRecord))
 
 
 def _table(records: Sequence[Any], names: tuple[str, ...], schema: pa.Schema) -> pa.Table:
-    columns: dict[str, list[Any]] = {name: [getattr(r, name) for r in records] for name in names}
-    return columns_table({name: columns[name] for name in schema.names}, schema)
+    return columns_table({name: [getattr(r, name) for r in records] for name in names}, schema)
 
 
 def images_table(records: Sequence[ImageRecord]) -> pa.Table:

@@ -233,12 +233,12 @@ class _Run:
         n = len(refs)
         values = pa.table(
             {
-                "fingerprint": [r.unit.image_fingerprint for r in refs],
-                "filter_fingerprint": [r.unit.fingerprint for r in refs],
-                "class_name": [r.class_name for r in refs],
+                "fingerprint": column([r.unit.image_fingerprint for r in refs], pa.string()),
+                "filter_fingerprint": column([r.unit.fingerprint for r in refs], pa.string()),
+                "class_name": column([r.class_name for r in refs], pa.string()),
                 **measured.columns,
                 "passed": column(measured.passed, pa.bool_()),
-                "run_id": [run_id] * n,
+                "run_id": column([run_id] * n, pa.string()),
                 "created_at": column([now] * n, pa.timestamp("us", tz="UTC")),
             }
         )

@@ -179,7 +179,12 @@ def test_planted_duplicate_and_blank_are_rejected_and_replaced(
     assert {k: v for k, v in counts.items() if v[0]} == {("filters.near_duplicate", "three"): (4, 0)}
     Project(spec).apply(progress=False)
     assert verdicts(catalog)[fp2].failed_filters == ("near_duplicate",)
-    latest = [r for r in catalog.read_table("near_duplicate").to_pylist() if r["fingerprint"] == fp2][-1]
+    # The latest by time, as readers take it: parts sort by run id, whose stamp is to the second,
+    # so two runs within one second may list in either order.
+    latest = max(
+        (r for r in catalog.read_table("near_duplicate").to_pylist() if r["fingerprint"] == fp2),
+        key=lambda r: r["created_at"],
+    )
     assert (latest["nearest_to"], latest["nearest_hamming"], latest["kept"]) == ("existing:real.png", 0, False)
 
     # with replace_rejected off for the class, the plan adds nothing and says the class is short
